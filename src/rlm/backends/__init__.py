@@ -1,0 +1,5 @@
+"""Language model backends: one provider per module, each implementing ``LMBackend``."""
+
+from rlm.backends.base import LMBackend
+
+__all__ = ["LMBackend"]

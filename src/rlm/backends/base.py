@@ -1,0 +1,83 @@
+"""The interface every language model backend implements."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from rlm.core.limits import estimate_tokens
+from rlm.errors import MissingKeyError
+from rlm.types import Completion, CompletionRequest
+
+__all__ = ["LMBackend", "resolve_key"]
+
+
+class LMBackend(ABC):
+    """A language model that turns a ``CompletionRequest`` into a ``Completion``.
+
+    Contract:
+    - ``complete`` is thread-safe: the LM handler calls it from many threads at once.
+    - It returns usage and ``cost_usd`` on the ``Completion`` and keeps no counters: the
+      shared ``Budget`` adds costs up.
+    - It raises ``rlm.BackendError`` subclasses, never provider SDK exceptions.
+    - ``acomplete`` is the async twin; the default runs ``complete`` in a worker thread.
+    - Whoever creates a backend closes it (``close()`` or ``with backend:``).
+    """
+
+    name: ClassVar[str] = "base"
+    #: Environment variable holding the API key, for backends that need one.
+    key_env_var: ClassVar[str | None] = None
+
+    model_name: str = "unknown"
+
+    @abstractmethod
+    def complete(self, request: CompletionRequest) -> Completion:
+        """Run one completion."""
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        return await asyncio.to_thread(self.complete, request)
+
+    def estimate_cost(self, request: CompletionRequest) -> float | None:
+        """The likely USD cost of ``request`` before it runs (``None`` if unknown).
+
+        The ledger refuses a call whose estimate does not fit in the remaining budget.
+        """
+        return 0.0
+
+    def estimate_tokens(self, request: CompletionRequest) -> int:
+        """The likely input tokens of ``request`` (used for ``max_tokens``)."""
+        return estimate_tokens(request.prompt_chars)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a trace or a log (API keys)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe description for traces: never includes secrets."""
+        return {"backend": self.name, "model": self.model_name}
+
+    def close(self) -> None:
+        """Release connections or loaded weights."""
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> LMBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_key(explicit: str | None, env_var: str | None, *, backend: str) -> str:
+    """Return the API key: the explicit value, else the environment variable, else raise."""
+    if explicit:
+        return explicit
+    if env_var and os.environ.get(env_var):
+        return os.environ[env_var]
+    hint = f"set the {env_var} environment variable or " if env_var else ""
+    raise MissingKeyError(
+        f"No API key for backend {backend!r}: {hint}pass backend_kwargs={{'api_key': ...}}"
+    )

@@ -1,0 +1,1 @@
+"""The bridge between REPL code and the host: the LM handler, its protocols, the guest runtime."""

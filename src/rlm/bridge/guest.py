@@ -1,0 +1,419 @@
+"""The REPL runtime: the helpers model code sees and the cell runner.
+
+This file is the single implementation of ``llm_query``, ``rlm_query``, their batched forms,
+``FINAL``, ``FINAL_VAR``, ``SHOW_VARS`` and ``budget`` for every environment.  It uses only
+the standard library, so it can be shipped as a file into a subprocess or a sandbox.  It
+reaches the host through one function, ``call(message) -> reply`` (in-process for the
+local environment, a socket or an HTTP broker elsewhere); the messages are documented in
+``rlm.bridge.protocol``.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextvars
+import io
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+RESERVED_NAMES = (
+    "context",
+    "llm_query",
+    "llm_query_batched",
+    "rlm_query",
+    "rlm_query_batched",
+    "FINAL",
+    "FINAL_VAR",
+    "SHOW_VARS",
+    "budget",
+)
+
+Call = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+# -- errors model code can catch ----------------------------------------------------------
+class LMQueryError(Exception):
+    """An ``llm_query`` / ``rlm_query`` failed; ``kind`` names the host-side error class."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+class LimitReached(LMQueryError):
+    """The call tree ran out of budget, tokens, time or iterations: give your answer now."""
+
+
+LIMIT_KINDS = {
+    "LimitExceeded", "IterationLimitExceeded", "BudgetExceeded", "TimeLimitExceeded",
+    "TokenLimitExceeded", "ErrorLimitExceeded", "Cancelled",
+}
+
+
+class QueryFailed(str):
+    """The text put in a batch slot whose call failed; the other slots are unaffected."""
+
+    error_kind: str = ""
+
+    def __new__(cls, kind: str, message: str) -> QueryFailed:
+        self = super().__new__(cls, f"[query failed: {kind}: {message}]")
+        self.error_kind = kind
+        return self
+
+
+def _raise_for(error: dict[str, Any]) -> None:
+    kind, message = error.get("type", "Error"), error.get("message", "")
+    raise (LimitReached if kind in LIMIT_KINDS else LMQueryError)(kind, message)
+
+
+def _slot(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return QueryFailed(result["error"].get("type", "Error"), result["error"].get("message", ""))
+    return result["text"]
+
+
+class _Shown(str):
+    """A string that shows itself plainly when echoed as the last expression of a cell."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+# -- per-cell output capture ----------------------------------------------------------------
+class _Capture:
+    """Collects one stream of one cell, keeping the head and the tail when it grows huge."""
+
+    def __init__(self, limit: int) -> None:
+        self.half = max(1, limit // 2)
+        self.head: list[str] = []
+        self.head_len = 0
+        self.tail = ""
+        self.dropped = 0
+
+    def write(self, text: str) -> None:
+        if self.head_len < self.half:
+            take = text[: self.half - self.head_len]
+            self.head.append(take)
+            self.head_len += len(take)
+            text = text[len(take):]
+        if text:
+            self.tail += text
+            if len(self.tail) > 2 * self.half:
+                cut = len(self.tail) - self.half
+                self.dropped += cut
+                self.tail = self.tail[cut:]
+
+    def value(self) -> str:
+        middle = f"\n... [{self.dropped} characters dropped] ...\n" if self.dropped else ""
+        return "".join(self.head) + middle + self.tail
+
+
+_current: contextvars.ContextVar[dict[str, _Capture] | None] = contextvars.ContextVar(
+    "rlm_capture", default=None
+)
+_install_lock = threading.Lock()
+
+
+class _StreamProxy(io.TextIOBase):
+    """Stands in for ``sys.stdout``/``sys.stderr``: writes go to the current cell's buffer
+    (held in a context variable, so concurrent cells never mix), else to the real stream."""
+
+    def __init__(self, fallback: Any, which: str) -> None:
+        self._fallback = fallback
+        self._which = which
+
+    def write(self, text: str) -> int:
+        buffers = _current.get()
+        if buffers is None:
+            return self._fallback.write(text)
+        buffers[self._which].write(str(text))
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._fallback.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._fallback, "encoding", "utf-8")
+
+
+def install_capture() -> None:
+    """Route ``sys.stdout``/``sys.stderr`` through the proxy (once; again if replaced)."""
+    with _install_lock:
+        if not isinstance(sys.stdout, _StreamProxy):
+            sys.stdout = _StreamProxy(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _StreamProxy):
+            sys.stderr = _StreamProxy(sys.stderr, "stderr")
+
+
+# -- guards against code that would end the host process ------------------------------------
+class _GuardedOS(types.ModuleType):
+    """``os`` as model code sees it: ``_exit``, ``abort`` and signals to this process raise."""
+
+    def __init__(self, real: types.ModuleType) -> None:
+        super().__init__(real.__name__, real.__doc__)
+        self.__dict__["_real"] = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_real"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_real"], name, value)
+
+    @staticmethod
+    def _exit(code: int = 0) -> None:
+        raise SystemExit(f"os._exit({code}) is not allowed in the REPL")
+
+    @staticmethod
+    def abort() -> None:
+        raise SystemExit("os.abort() is not allowed in the REPL")
+
+    def kill(self, pid: int, sig: int) -> None:
+        real = self.__dict__["_real"]
+        if pid in (0, -1, real.getpid(), real.getppid()) or pid == -real.getpgrp():
+            raise PermissionError("signalling the REPL's own process is not allowed")
+        real.kill(pid, sig)
+
+    def killpg(self, pgid: int, sig: int) -> None:
+        real = self.__dict__["_real"]
+        if pgid in (0, real.getpgrp()):
+            raise PermissionError("signalling the REPL's own process group is not allowed")
+        real.killpg(pgid, sig)
+
+
+_GUARDED = {"os": _GuardedOS(os)}
+if "posix" in sys.modules:
+    _GUARDED["posix"] = _GuardedOS(sys.modules["posix"])
+_real_import = builtins.__import__
+
+
+def _guarded_import(name: str, globals: Any = None, locals: Any = None,
+                    fromlist: Any = (), level: int = 0) -> Any:
+    module = _real_import(name, globals, locals, fromlist, level)
+    top = name.partition(".")[0]
+    if level == 0 and top in _GUARDED and (not fromlist or name == top):
+        return _GUARDED[top]
+    return module
+
+
+def guarded_builtins() -> dict[str, Any]:
+    """A copy of the builtins whose ``__import__`` hands out the guarded ``os``."""
+    table = dict(vars(builtins))
+    table["__import__"] = _guarded_import
+    return table
+
+
+# -- the runtime ----------------------------------------------------------------------------
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool | int | float):
+        return str(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class GuestRuntime:
+    """One REPL: its namespace, its helpers and ``run_cell``.
+
+    ``call`` sends a message to the host's LM handler and returns its reply.
+    ``tools`` are extra callables to expose by name.
+    """
+
+    def __init__(self, call: Call, *, tools: dict[str, Any] | None = None,
+                 capture_limit: int = 2_000_000) -> None:
+        self._call = call
+        self.capture_limit = capture_limit
+        self.namespace: dict[str, Any] = {"__name__": "__main__",
+                                          "__builtins__": guarded_builtins()}
+        self._final: tuple[str, str] | None = None
+        self._helpers = self._make_helpers()
+        self._tools = dict(tools or {})
+        self._context: Any = None
+        self._restore()
+
+    # helpers ------------------------------------------------------------------------------
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        reply = self._call(message)
+        if "error" in reply and reply.get("error"):
+            _raise_for(reply["error"])
+        return reply
+
+    def _make_helpers(self) -> dict[str, Any]:
+        def llm_query(prompt: str, model: str | None = None) -> str:
+            """Ask a language model one question; ``prompt`` must contain all it needs."""
+            return self._request({"op": "llm_query", "prompt": str(prompt), "model": model})["text"]
+
+        def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+            """Ask many questions concurrently; answers come back in order."""
+            reply = self._request({"op": "llm_query_batched",
+                                   "prompts": [str(p) for p in prompts], "model": model})
+            return [_slot(r) for r in reply["results"]]
+
+        def rlm_query(prompt: str, context: Any = None) -> str:
+            """Run a child RLM (its own REPL) on ``context`` to answer ``prompt``."""
+            return self._request({"op": "rlm_query", "prompt": str(prompt),
+                                  "context": context})["text"]
+
+        def rlm_query_batched(prompts: list[str], contexts: list[Any] | None = None) -> list[str]:
+            """Run several child RLMs concurrently; answers come back in order."""
+            if contexts is not None and len(contexts) != len(prompts):
+                raise ValueError("rlm_query_batched: prompts and contexts differ in length")
+            reply = self._request({"op": "rlm_query_batched", "prompts": [str(p) for p in prompts],
+                                   "contexts": contexts})
+            return [_slot(r) for r in reply["results"]]
+
+        def FINAL(answer: Any) -> str:  # noqa: N802 - the name is the protocol
+            """Submit ``answer`` as the final answer."""
+            text = _as_text(answer)
+            self._final = (text, "FINAL")
+            return _Shown(f"[final answer submitted: {len(text)} characters]")
+
+        missing = object()
+
+        def FINAL_VAR(name_or_value: Any, value: Any = missing) -> str:  # noqa: N802
+            """Submit a variable (by name) or a value as the final answer.
+
+            ``FINAL_VAR("answer")`` submits the variable ``answer``;
+            ``FINAL_VAR("key", value)`` stores ``value`` as ``key`` and submits it;
+            ``FINAL_VAR(value)`` submits the value itself.
+            """
+            if value is not missing:
+                self.namespace[str(name_or_value)] = value
+                chosen = value
+            elif isinstance(name_or_value, str) and name_or_value in self.namespace:
+                chosen = self.namespace[name_or_value]
+            elif isinstance(name_or_value, str) and name_or_value.isidentifier():
+                raise NameError(
+                    f"FINAL_VAR: no variable named {name_or_value!r}; assign it first "
+                    "or submit the value with FINAL(value)"
+                )
+            else:
+                chosen = name_or_value
+            text = _as_text(chosen)
+            self._final = (text, "FINAL_VAR")
+            return _Shown(f"[final answer submitted: {len(text)} characters]")
+
+        def SHOW_VARS() -> str:  # noqa: N802
+            """List the variables defined in the REPL, with their types and sizes."""
+            lines = []
+            for name, value in self.namespace.items():
+                if name.startswith("_") or name in RESERVED_NAMES or name in self._tools:
+                    continue
+                if isinstance(value, types.ModuleType):
+                    continue
+                size = f", len={len(value)}" if hasattr(value, "__len__") else ""
+                lines.append(f"{name}: {type(value).__name__}{size}")
+            return _Shown("\n".join(lines) if lines else "(no variables yet)")
+
+        def budget() -> dict[str, Any]:
+            """What is left of every limit of the call tree."""
+            return self._request({"op": "budget"})["remaining"]
+
+        return {
+            "llm_query": llm_query,
+            "llm_query_batched": llm_query_batched,
+            "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched,
+            "FINAL": FINAL,
+            "FINAL_VAR": FINAL_VAR,
+            "SHOW_VARS": SHOW_VARS,
+            "budget": budget,
+            "LMQueryError": LMQueryError,
+            "LimitReached": LimitReached,
+        }
+
+    def set_variable(self, name: str, value: Any) -> None:
+        if name == "context":
+            self._context = value
+        self.namespace[name] = value
+
+    def _restore(self) -> list[str]:
+        """Put back every scaffold name that model code rebound; return those names."""
+        restored = []
+        wanted = {**self._helpers, **self._tools, "context": self._context}
+        for name, value in wanted.items():
+            if name == "context" and "context" not in self.namespace and value is None:
+                continue
+            if self.namespace.get(name, None) is not value:
+                if name in self.namespace:
+                    restored.append(name)
+                self.namespace[name] = value
+        self.namespace["__builtins__"] = guarded_builtins()
+        return restored
+
+    # running code -------------------------------------------------------------------------
+    def run_cell(self, code: str) -> dict[str, Any]:
+        """Run one block; return ``{stdout, stderr, error, final, elapsed_s, notes}``."""
+        install_capture()
+        buffers = {"stdout": _Capture(self.capture_limit), "stderr": _Capture(self.capture_limit)}
+        token = _current.set(buffers)
+        self._final = None
+        error = None
+        started = time.perf_counter()
+        try:
+            self._exec(code)
+        except BaseException as exc:  # noqa: BLE001 - model code may raise anything, even SystemExit
+            error = self._format_error(exc)
+        finally:
+            _current.reset(token)
+        restored = self._restore()
+        notes = [
+            f"`{name}` is provided by the REPL and was restored; keep your results in "
+            "other variables" for name in restored
+        ]
+        return {
+            "stdout": buffers["stdout"].value(),
+            "stderr": buffers["stderr"].value(),
+            "error": error,
+            "final": None if self._final is None
+            else {"text": self._final[0], "source": self._final[1]},
+            "elapsed_s": time.perf_counter() - started,
+            "notes": notes,
+        }
+
+    def _exec(self, code: str) -> None:
+        tree = ast.parse(code, "<repl>", "exec")
+        last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        if last is not None:
+            tree.body.pop()
+        exec(compile(tree, "<repl>", "exec"), self.namespace)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), "<repl>", "eval"), self.namespace)
+            if value is not None:
+                print(repr(value))
+
+    @staticmethod
+    def _format_error(exc: BaseException) -> str:
+        if isinstance(exc, SyntaxError):
+            return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<repl>"]
+        lines = [f"  line {f.lineno}" for f in frames[-3:]]
+        head = "Traceback (innermost last):\n" + "\n".join(lines) + "\n" if lines else ""
+        return head + "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+
+    def evaluate_final_text(self, expression: str) -> str:
+        """Resolve a ``FINAL(...)`` written outside code: a Python expression when it
+        evaluates in the REPL, else the raw text."""
+        try:
+            value = eval(compile(expression, "<final>", "eval"), self.namespace)
+        except Exception:  # noqa: BLE001 - prose inside FINAL(...) is not Python: keep it as text
+            return expression.strip()
+        return _as_text(value)

@@ -1,0 +1,223 @@
+"""The LM handler: the one place that runs LM calls for a call tree and charges the Budget.
+
+It serves two kinds of callers: the loop's own turns (``complete`` / ``acomplete``) and the
+requests REPL code makes (``handle``: ``llm_query``, ``rlm_query``, their batched forms,
+``budget``).  It knows nothing of sockets: transports (``rlm.bridge``) decode a message,
+call ``handle`` and send the reply back, so every environment shares this code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextvars
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from rlm.backends.base import LMBackend
+from rlm.core.limits import Budget
+from rlm.core.routing import ModelRouter
+from rlm.errors import BridgeProtocolError, Cancelled, LimitExceeded, RLMError
+from rlm.trace.tracer import Tracer
+from rlm.types import Completion, CompletionRequest, NodeRef
+
+__all__ = ["LMHandler", "SpawnChild"]
+
+SpawnChild = Callable[[str, Any, NodeRef], str]
+"""Runs a child RLM for ``rlm_query(prompt, context)`` from ``parent``; returns its answer."""
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class LMHandler:
+    """Runs LM calls for one call tree; thread-safe and shared by every node of the tree.
+
+    ``max_concurrency`` bounds the worker threads of one batched request.
+    """
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        budget: Budget,
+        tracer: Tracer,
+        *,
+        spawn_child: SpawnChild | None = None,
+        max_concurrency: int = 16,
+        sub_call_max_output_tokens: int | None = None,
+    ) -> None:
+        self.router = router
+        self.budget = budget
+        self.tracer = tracer
+        self.spawn_child = spawn_child
+        self.max_concurrency = max(1, max_concurrency)
+        self.sub_call_max_output_tokens = sub_call_max_output_tokens
+
+    # -- charged LM calls -------------------------------------------------------------------
+    def _prepare(self, request: CompletionRequest, backend: LMBackend | None
+                 ) -> tuple[LMBackend, CompletionRequest, Any]:
+        backend = backend or self.router.for_depth(request.depth)
+        self.budget.check()
+        reservation = self.budget.reserve(
+            backend.estimate_cost(request), backend.estimate_tokens(request)
+        )
+        left = self.budget.time_left_s()
+        timeout = request.timeout_s if left is None else min(left, request.timeout_s or left)
+        return backend, replace(request, timeout_s=timeout, cancel=self.budget.cancel_event), \
+            reservation
+
+    def _record(self, node: NodeRef, purpose: str, backend: LMBackend,
+                request: CompletionRequest, completion: Completion | None,
+                error: BaseException | None, started: float) -> None:
+        data: dict[str, Any] = {
+            "purpose": purpose,
+            "backend": backend.name,
+            "model": backend.model_name,
+            "usage_key": backend.model_name,
+            "call_depth": request.depth,
+            "latency_s": time.monotonic() - started,
+        }
+        if purpose != "turn":  # a turn's prompt is the node's history: logged once, as it grows
+            data["prompt"] = request.messages[-1]["content"] if request.messages else ""
+        if completion is not None:
+            data.update(response=completion.text, input_tokens=completion.input_tokens,
+                        output_tokens=completion.output_tokens, cost_usd=completion.cost_usd)
+        if error is not None:
+            data["error"] = _error(error)
+            data.update(input_tokens=0, output_tokens=0, cost_usd=0.0)
+        self.tracer.emit("lm_call", node, **data)
+
+    def complete(self, request: CompletionRequest, node: NodeRef, *, purpose: str = "turn",
+                 backend: LMBackend | None = None) -> Completion:
+        """Run one LM call for ``node``: check limits, reserve, call, charge, trace."""
+        backend, request, reservation = self._prepare(request, backend)
+        started = time.monotonic()
+        try:
+            completion = backend.complete(request)
+        except BaseException as exc:
+            self.budget.release(reservation)
+            self._record(node, purpose, backend, request, None, exc, started)
+            raise
+        self.budget.commit(reservation, completion, backend.model_name)
+        self._record(node, purpose, backend, request, completion, None, started)
+        return completion
+
+    async def acomplete(self, request: CompletionRequest, node: NodeRef, *,
+                        purpose: str = "turn", backend: LMBackend | None = None) -> Completion:
+        """The async twin of ``complete``."""
+        backend, request, reservation = self._prepare(request, backend)
+        started = time.monotonic()
+        try:
+            completion = await backend.acomplete(request)
+        except BaseException as exc:
+            self.budget.release(reservation)
+            self._record(node, purpose, backend, request, None, exc, started)
+            raise
+        self.budget.commit(reservation, completion, backend.model_name)
+        self._record(node, purpose, backend, request, completion, None, started)
+        return completion
+
+    # -- requests from REPL code ------------------------------------------------------------
+    def handle(self, message: dict[str, Any], node: NodeRef) -> dict[str, Any]:
+        """Answer one REPL request; errors come back as ``{"error": {type, message}}``."""
+        op = message.get("op")
+        try:
+            if op == "llm_query":
+                return {"text": self._llm_query(message.get("prompt", ""),
+                                                message.get("model"), node)}
+            if op == "rlm_query":
+                return {"text": self._rlm_query(message.get("prompt", ""),
+                                                message.get("context"), node)}
+            if op == "llm_query_batched":
+                prompts = list(message.get("prompts") or [])
+                model = message.get("model")
+                return {"results": self._batch(
+                    op, node, [(lambda p=p: self._llm_query(p, model, node)) for p in prompts]
+                )}
+            if op == "rlm_query_batched":
+                prompts = list(message.get("prompts") or [])
+                contexts = message.get("contexts")
+                contexts = [None] * len(prompts) if contexts is None else list(contexts)
+                if len(contexts) != len(prompts):
+                    raise BridgeProtocolError("prompts and contexts differ in length")
+                return {"results": self._batch(op, node, [
+                    (lambda p=p, c=c: self._rlm_query(p, c, node))
+                    for p, c in zip(prompts, contexts, strict=True)
+                ])}
+            if op == "budget":
+                return {"remaining": self.budget.remaining(node.depth)}
+            raise BridgeProtocolError(f"unknown request op {op!r}")
+        except (RLMError, ValueError, TypeError) as exc:
+            return {"error": _error(self._limit_reason(exc))}
+
+    def _limit_reason(self, exc: BaseException) -> BaseException:
+        """A call aborted because the tree was stopping reports why the tree stopped."""
+        if isinstance(exc, Cancelled) and self.budget.tripped is not None:
+            return self.budget.tripped
+        return exc
+
+    def _llm_query(self, prompt: str, model: str | None, node: NodeRef) -> str:
+        backend = self.router.named(model) if model else None
+        request = CompletionRequest(
+            messages=[{"role": "user", "content": str(prompt)}],
+            depth=node.depth + 1,
+            max_output_tokens=self.sub_call_max_output_tokens,
+        )
+        return self.complete(request, node, purpose="llm_query", backend=backend).text
+
+    def _rlm_query(self, prompt: str, context: Any, node: NodeRef) -> str:
+        if self.spawn_child is not None and node.depth + 1 < self.budget.limits.max_depth:
+            self.budget.check()
+            return self.spawn_child(prompt, context, node)
+        # At max depth a child RLM is not allowed: answer with one plain LM call.
+        text = prompt if context is None else f"{prompt}\n\n--- context ---\n{context}"
+        request = CompletionRequest(messages=[{"role": "user", "content": text}],
+                                    depth=node.depth + 1,
+                                    max_output_tokens=self.sub_call_max_output_tokens)
+        return self.complete(request, node, purpose="rlm_query_fallback").text
+
+    def _batch(self, op: str, node: NodeRef, jobs: list[Callable[[], str]]
+               ) -> list[dict[str, Any]]:
+        """Run ``jobs`` concurrently, in order; one failure never fails the other slots.
+
+        When the tree stops (a limit or a cancel), slots not finished get the reason as
+        their error and the batch returns at once instead of waiting for them.
+        """
+        started = time.monotonic()
+        self.tracer.emit("subcall_start", node, op=op, count=len(jobs))
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        if jobs:
+            pool = cf.ThreadPoolExecutor(max_workers=min(len(jobs), self.max_concurrency),
+                                         thread_name_prefix="rlm-batch")
+            futures = {
+                pool.submit(contextvars.copy_context().run, job): index
+                for index, job in enumerate(jobs)
+            }
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = cf.wait(pending, timeout=0.05,
+                                            return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        results[futures[future]] = self._slot(future)
+                    if pending and self.budget.cancel_event.is_set():
+                        break
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+            reason = self.budget.tripped or Cancelled("the batch was cancelled")
+            for future in pending:
+                results[futures[future]] = {"error": _error(reason)}
+        failed = sum(1 for r in results if r and "error" in r)
+        self.tracer.emit("subcall_end", node, op=op, count=len(jobs), failed=failed,
+                         elapsed_s=time.monotonic() - started)
+        return [r or {"error": _error(Cancelled("not run"))} for r in results]
+
+    def _slot(self, future: cf.Future[str]) -> dict[str, Any]:
+        try:
+            return {"text": future.result()}
+        except (RLMError, LimitExceeded, ValueError, TypeError) as exc:
+            return {"error": _error(self._limit_reason(exc))}
+        except Exception as exc:  # noqa: BLE001 - one slot's bug must not fail its siblings
+            return {"error": _error(exc)}

@@ -1,0 +1,317 @@
+"""Runs a call tree: builds the shared ledger, handler and tracer, drives each node's loop.
+
+``Engine`` receives backend instances (through a ``ModelRouter``) and an environment
+factory; it never names a concrete backend, environment or transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm.bridge.handler import LMHandler
+from rlm.core import prompts
+from rlm.core.context import describe_context, load_context
+from rlm.core.limits import Budget, Limits
+from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, ResolveFinal, RunCode, Step
+from rlm.core.routing import ModelRouter
+from rlm.environments.base import Environment, HostCall
+from rlm.errors import Cancelled, LimitExceeded, RLMError
+from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
+from rlm.trace.tracer import Tracer
+from rlm.trace.tree import build_tree
+from rlm.types import Message, NodeRef, RLMResult
+
+__all__ = ["Engine", "EngineConfig", "Session"]
+
+EnvironmentFactory = Callable[[], Environment]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything about how a tree runs, apart from the limits."""
+
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    tools: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    max_concurrency: int = 16
+    sub_call_max_output_tokens: int | None = None
+    chunk_chars: int = 50_000
+
+
+class Session:
+    """REPL state kept across ``completion()`` calls (``RLM(persistent=True)``).
+
+    The environment stays open; each call adds ``context_<n>`` and appends
+    ``{"question", "answer"}`` to ``history``.  The REPL reaches the LM handler of the
+    call under way through ``dispatch``.
+    """
+
+    def __init__(self, environment: Environment, owned: bool) -> None:
+        self.environment = environment
+        self.owned = owned
+        self.turn = 0
+        self.history: list[dict[str, str]] = []
+        self._target: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.lock = threading.Lock()
+
+    def dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._target is None:
+            return {"error": {"type": "Cancelled", "message": "no completion is running"}}
+        return self._target(message)
+
+    def close(self) -> None:
+        if self.owned:
+            self.environment.close()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class _Tree:
+    """The objects shared by every node of one call tree."""
+
+    def __init__(self, engine: Engine, sink: TraceSink) -> None:
+        self.engine = engine
+        self.budget = Budget(engine.limits)
+        self.memory = MemorySink()
+        self.tracer = Tracer(MultiSink(self.memory, sink))
+        self.handler = LMHandler(
+            engine.router, self.budget, self.tracer, spawn_child=self.spawn_child,
+            max_concurrency=engine.config.max_concurrency,
+            sub_call_max_output_tokens=engine.config.sub_call_max_output_tokens,
+        )
+
+    # -- one node ---------------------------------------------------------------------------
+    def open_node(self, node: NodeRef, question: str | None, context: Any,
+                  env: Environment, call: HostCall, session: Session | None = None
+                  ) -> list[Message]:
+        """Start ``env`` for ``node``, load ``context`` and return the first messages."""
+        cfg = self.engine.config
+        env.start(call, cfg.tools)
+        value = load_context(context)
+        names: list[str] = []
+        if session is not None:
+            env.set_variable(f"context_{session.turn}", value)
+            env.set_variable("history", list(session.history))
+            names = [f"context_{i}" for i in range(session.turn + 1)]
+        env.set_variable("context", value)
+        self.tracer.emit(
+            "run_start", node, question=question, context_type=type(value).__name__,
+            context_length=len(value) if hasattr(value, "__len__") else None,
+            backend=self.engine.router.for_depth(node.depth).describe(),
+            limits=vars(self.engine.limits), environment=type(env).__name__,
+        )
+        system = prompts.system_prompt(depth=node.depth, max_depth=self.engine.limits.max_depth,
+                                       tools=cfg.tools, chunk_chars=cfg.chunk_chars,
+                                       template=cfg.system_prompt)
+        user = prompts.first_user_message(question, describe_context(value),
+                                          session_turn=session.turn if session else 0,
+                                          session_names=names)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def close_node(self, node: NodeRef, outcome: Outcome | None, error: BaseException | None,
+                   started: float) -> None:
+        data: dict[str, Any] = {"elapsed_s": time.monotonic() - started}
+        if outcome is not None:
+            self.tracer.emit("final", node, response=outcome.response,
+                             stop_reason=outcome.stop_reason, answer_source=outcome.answer_source)
+            data["iterations"] = outcome.iterations
+        if error is not None:
+            data["error"] = {"type": type(error).__name__, "message": str(error)}
+        self.tracer.emit("run_end", node, **data)
+
+    def run_sync(self, node: NodeRef, messages: list[Message], env: Environment) -> Outcome:
+        loop = Loop(node, self.budget, messages, self.engine.config.loop, self.tracer)
+        steps = loop.steps()
+        value: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(thrown) if thrown is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, thrown = None, None
+            try:
+                value = self._perform(step, node, env)
+            except (LimitExceeded, Cancelled) as exc:
+                thrown = exc
+
+    def _perform(self, step: Step, node: NodeRef, env: Environment) -> Any:
+        if isinstance(step, CallLM):
+            return self.handler.complete(step.request, node, purpose=step.purpose)
+        if isinstance(step, RunCode):
+            return env.execute(step.code, timeout_s=self.budget.time_left_s())
+        return env.resolve_final_text(step.expression)
+
+    async def run_async(self, node: NodeRef, messages: list[Message],
+                        env: Environment) -> Outcome:
+        loop = Loop(node, self.budget, messages, self.engine.config.loop, self.tracer)
+        steps: Generator[Step, Any, Outcome] = loop.steps()
+        value: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(thrown) if thrown is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, thrown = None, None
+            try:
+                if isinstance(step, CallLM):
+                    value = await self.handler.acomplete(step.request, node,
+                                                         purpose=step.purpose)
+                elif isinstance(step, RunCode | ResolveFinal):
+                    value = await asyncio.to_thread(self._perform, step, node, env)
+            except (LimitExceeded, Cancelled) as exc:
+                thrown = exc
+
+    # -- children ---------------------------------------------------------------------------
+    def spawn_child(self, prompt: str, context: Any, parent: NodeRef) -> str:
+        """Run a child RLM one level below ``parent`` (called by ``rlm_query``)."""
+        node = NodeRef(_new_id(), parent.run_id, parent.depth + 1)
+        env = self.engine.environment_factory()
+        started = time.monotonic()
+        outcome = None
+        try:
+            messages = self.open_node(node, prompt, context, env,
+                                      lambda message: self.handler.handle(message, node))
+            outcome = self.run_sync(node, messages, env)
+            return outcome.response
+        except BaseException as exc:
+            self.close_node(node, None, exc, started)
+            raise
+        finally:
+            env.close()
+            if outcome is not None:
+                self.close_node(node, outcome, None, started)
+
+    # -- the result -------------------------------------------------------------------------
+    def result(self, root: NodeRef, outcome: Outcome, started: float,
+               trace_path: str | None) -> RLMResult:
+        roots = build_tree(self.memory.events)
+        tree = next(r for r in roots if r.run_id == root.run_id)
+        usage = self.budget.usage_snapshot()
+        return RLMResult(
+            response=outcome.response, stop_reason=outcome.stop_reason,  # type: ignore[arg-type]
+            cost_usd=sum(u.cost_usd for u in usage.values()), usage=usage,
+            iterations=outcome.iterations, elapsed_s=time.monotonic() - started, trace=tree,
+            run_id=root.run_id, trace_path=trace_path, answer_source=outcome.answer_source,
+        )
+
+
+class Engine:
+    """Runs completions for one configuration; safe to use from several threads at once."""
+
+    def __init__(self, router: ModelRouter, environment_factory: EnvironmentFactory,
+                 limits: Limits, config: EngineConfig | None = None) -> None:
+        self.router = router
+        self.environment_factory = environment_factory
+        self.limits = limits
+        self.config = config or EngineConfig()
+        self._active: set[Budget] = set()
+        self._active_lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """Stop every completion under way: they return with ``stop_reason="cancelled"``."""
+        with self._active_lock:
+            for budget in self._active:
+                budget.cancel()
+
+    def _begin(self, question: str | None, context: Any, sink: TraceSink,
+               session: Session | None, root_environment: Environment | None
+               ) -> tuple[_Tree, NodeRef, Environment, list[Message]]:
+        tree = _Tree(self, sink)
+        with self._active_lock:
+            self._active.add(tree.budget)
+        root = NodeRef(_new_id(), None, 0)
+        if session is not None:
+            env = session.environment
+            session._target = lambda message: tree.handler.handle(message, root)
+            call: HostCall = session.dispatch
+        else:
+            env = root_environment or self.environment_factory()
+            call = lambda message: tree.handler.handle(message, root)  # noqa: E731
+        messages = tree.open_node(root, question, context, env, call, session)
+        return tree, root, env, messages
+
+    def _finish(self, tree: _Tree, root: NodeRef, env: Environment, session: Session | None,
+                outcome: Outcome | None, error: BaseException | None, started: float,
+                trace_path: str | None, question: str | None, owned: bool) -> RLMResult | None:
+        with self._active_lock:
+            self._active.discard(tree.budget)
+        if session is None and owned:
+            env.close()
+        else:
+            session._target = None
+        tree.close_node(root, outcome, error, started)
+        if outcome is None:
+            return None
+        if session is not None:
+            session.history.append({"question": question or "", "answer": outcome.response})
+            env.set_variable("history", list(session.history))
+            session.turn += 1
+        return tree.result(root, outcome, started, trace_path)
+
+    def run(self, question: str | None, context: Any, *, sink: TraceSink,
+            session: Session | None = None, trace_path: str | None = None,
+            root_environment: Environment | None = None) -> RLMResult:
+        """Run one call tree to its end and return its result.
+
+        Limits end the run with a matching ``stop_reason``; a failure of the backend or the
+        environment raises, with the result so far in ``exc.partial``.
+        """
+        started = time.monotonic()
+        owned = root_environment is None
+        tree, root, env, messages = self._begin(question, context, sink, session,
+                                                root_environment)
+        try:
+            outcome = tree.run_sync(root, messages, env)
+        except BaseException as exc:
+            self._finish(tree, root, env, session, None, exc, started, trace_path, question, owned)
+            self._attach_partial(exc, tree, root, started, trace_path)
+            raise
+        result = self._finish(tree, root, env, session, outcome, None, started, trace_path,
+                              question, owned)
+        assert result is not None
+        return result
+
+    async def arun(self, question: str | None, context: Any, *, sink: TraceSink,
+                   session: Session | None = None, trace_path: str | None = None,
+                   root_environment: Environment | None = None) -> RLMResult:
+        """The async twin of ``run``; cancelling the task cancels the whole tree."""
+        started = time.monotonic()
+        owned = root_environment is None
+        tree, root, env, messages = await asyncio.to_thread(
+            self._begin, question, context, sink, session, root_environment)
+        try:
+            outcome = await tree.run_async(root, messages, env)
+        except BaseException as exc:
+            tree.budget.cancel()
+            self._finish(tree, root, env, session, None, exc, started, trace_path, question, owned)
+            self._attach_partial(exc, tree, root, started, trace_path)
+            raise
+        result = self._finish(tree, root, env, session, outcome, None, started, trace_path,
+                              question, owned)
+        assert result is not None
+        return result
+
+    @staticmethod
+    def _attach_partial(exc: BaseException, tree: _Tree, root: NodeRef, started: float,
+                        trace_path: str | None) -> None:
+        if not isinstance(exc, RLMError):
+            return
+        exc.run_id = exc.run_id or root.run_id
+        prose = ""
+        for event in reversed(tree.memory.events):
+            if event.type == "lm_call" and event.run_id == root.run_id and event.data.get(
+                    "response"):
+                prose = event.data["response"]
+                break
+        outcome = Outcome(prose, "errors", root.iteration, None)
+        exc.partial = tree.result(root, outcome, started, trace_path)

@@ -1,0 +1,240 @@
+"""Limits of a call tree and the one ledger (``Budget``) that the whole tree spends from."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm.errors import (
+    BudgetExceeded,
+    Cancelled,
+    ConfigError,
+    ErrorLimitExceeded,
+    IterationLimitExceeded,
+    LimitExceeded,
+    TimeLimitExceeded,
+    TokenLimitExceeded,
+)
+from rlm.types import Completion, ModelUsage
+
+__all__ = ["Budget", "Limits", "Reservation"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits shared by the root call and every descendant together.
+
+    - ``max_depth``: depth of the deepest LM call.  The root REPL runs at depth 0; code at
+      depth ``d`` makes LM calls at depth ``d + 1``; ``rlm_query`` starts a child RLM (with its
+      own REPL) at depth ``d + 1`` only while ``d + 1 < max_depth``, otherwise it is a plain LM
+      call.  ``max_depth=1`` (the default, the paper's setting) means sub-calls are plain LMs.
+    - ``max_iterations``: REPL turns (one model reply and its code) summed over the tree.
+    - ``max_budget``: USD spent by every LM call of the tree.
+    - ``max_timeout``: seconds since the root call started.
+    - ``max_tokens``: input + output tokens of every LM call of the tree.
+    - ``max_errors``: code blocks that raised, summed over the tree.
+
+    ``None`` means unlimited (``max_depth`` and ``max_iterations`` are always set).
+    """
+
+    max_depth: int = 1
+    max_iterations: int = 30
+    max_budget: float | None = None
+    max_timeout: float | None = None
+    max_tokens: int | None = None
+    max_errors: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_depth < 1:
+            raise ConfigError(f"max_depth must be at least 1, got {self.max_depth}")
+        if self.max_iterations < 1:
+            raise ConfigError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        for name in ("max_budget", "max_timeout", "max_tokens", "max_errors"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0 or None, got {value}")
+
+
+@dataclass
+class Reservation:
+    """Room held in the ledger for one LM call that has not finished yet."""
+
+    cost_usd: float
+    tokens: int
+    done: bool = field(default=False)
+
+
+class Budget:
+    """The thread-safe ledger of one call tree.
+
+    Parent and children hold the same ``Budget``: every LM call reserves its estimated cost
+    and tokens before it starts (so parallel children cannot each spend "the remainder"),
+    then commits what it really cost.  The first limit reached *trips* the ledger: the
+    reason is remembered and ``cancel_event`` is set, so every node stops at its next step.
+    """
+
+    def __init__(
+        self, limits: Limits, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.started = clock()
+        self.deadline = None if limits.max_timeout is None else self.started + limits.max_timeout
+        self.cost_usd = 0.0
+        self.tokens = 0
+        self.iterations = 0
+        self.errors = 0
+        self.usage: dict[str, ModelUsage] = {}
+        self._reserved_cost = 0.0
+        self._reserved_tokens = 0
+        self.tripped: LimitExceeded | Cancelled | None = None
+        self.cancel_event = threading.Event()
+
+    # -- checks ---------------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        return self._clock() - self.started
+
+    def time_left_s(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - self._clock())
+
+    def check(self) -> None:
+        """Raise the limit that stops the tree, if any (tripped, cancelled or past deadline)."""
+        if self.tripped is not None:
+            raise type(self.tripped)(str(self.tripped))
+        if self.deadline is not None and self._clock() >= self.deadline:
+            self.trip(TimeLimitExceeded(f"max_timeout of {self.limits.max_timeout}s reached"))
+            raise TimeLimitExceeded(f"max_timeout of {self.limits.max_timeout}s reached")
+
+    def trip(self, reason: LimitExceeded | Cancelled) -> None:
+        """Stop the whole tree for ``reason`` (the first reason wins)."""
+        with self._lock:
+            if self.tripped is None:
+                self.tripped = reason
+        self.cancel_event.set()
+
+    def cancel(self) -> None:
+        self.trip(Cancelled("the run was cancelled"))
+
+    @property
+    def stop_reason(self) -> str | None:
+        return None if self.tripped is None else self.tripped.stop_reason
+
+    # -- iterations and errors --------------------------------------------------------------
+    def start_iteration(self) -> int:
+        """Count one REPL turn of any node; raise if the tree has none left.
+
+        Running out of turns does not trip the tree: each node stops at its next turn.
+        """
+        self.check()
+        with self._lock:
+            if self.iterations < self.limits.max_iterations:
+                self.iterations += 1
+                return self.iterations
+        # Not a trip: calls already under way (and the last-resort extract call) may finish.
+        raise IterationLimitExceeded(
+            f"max_iterations of {self.limits.max_iterations} turns used across the tree"
+        )
+
+    def count_error(self) -> None:
+        """Count one failed code block; trips the tree when ``max_errors`` is passed."""
+        with self._lock:
+            self.errors += 1
+            over = self.limits.max_errors is not None and self.errors > self.limits.max_errors
+        if over:
+            self.trip(ErrorLimitExceeded(
+                f"max_errors of {self.limits.max_errors} failed code blocks passed"
+            ))
+
+    # -- money and tokens -------------------------------------------------------------------
+    def reserve(self, cost_usd: float | None, tokens: int) -> Reservation:
+        """Hold room for a call estimated at ``cost_usd`` and ``tokens``, or refuse it."""
+        self.check()
+        cost = cost_usd or 0.0
+        with self._lock:
+            limit_usd, limit_tok = self.limits.max_budget, self.limits.max_tokens
+            if limit_usd is not None and self.cost_usd + self._reserved_cost + cost > limit_usd:
+                exc: LimitExceeded | None = BudgetExceeded(
+                    f"max_budget of ${limit_usd:g} would be exceeded: spent "
+                    f"${self.cost_usd:.6g}, in flight ${self._reserved_cost:.6g}, "
+                    f"next call ~${cost:.6g}"
+                )
+            elif limit_tok is not None and self.tokens + self._reserved_tokens + tokens > limit_tok:
+                exc = TokenLimitExceeded(
+                    f"max_tokens of {limit_tok} would be exceeded: used {self.tokens}, "
+                    f"in flight {self._reserved_tokens}, next call ~{tokens}"
+                )
+            else:
+                exc = None
+                self._reserved_cost += cost
+                self._reserved_tokens += tokens
+        if exc is not None:
+            # Refused while nothing is in flight: no later call can fit either.
+            if self._reserved_cost == 0 and self._reserved_tokens == 0:
+                self.trip(exc)
+            raise exc
+        return Reservation(cost, tokens)
+
+    def commit(self, reservation: Reservation, completion: Completion, key: str) -> None:
+        """Record what a call really cost and release its reservation."""
+        with self._lock:
+            self._release_locked(reservation)
+            self.cost_usd += completion.cost_usd or 0.0
+            self.tokens += completion.total_tokens
+            self.usage.setdefault(key, ModelUsage()).add(completion)
+            over_usd = (self.limits.max_budget is not None
+                        and self.cost_usd >= self.limits.max_budget)
+            over_tok = (self.limits.max_tokens is not None
+                        and self.tokens >= self.limits.max_tokens)
+        if over_usd:
+            self.trip(BudgetExceeded(f"max_budget of ${self.limits.max_budget:g} spent"))
+        elif over_tok:
+            self.trip(TokenLimitExceeded(f"max_tokens of {self.limits.max_tokens} used"))
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back the room of a call that failed or was never made."""
+        with self._lock:
+            self._release_locked(reservation)
+
+    def _release_locked(self, reservation: Reservation) -> None:
+        if not reservation.done:
+            reservation.done = True
+            self._reserved_cost -= reservation.cost_usd
+            self._reserved_tokens -= reservation.tokens
+
+    # -- reporting --------------------------------------------------------------------------
+    def usage_snapshot(self) -> dict[str, ModelUsage]:
+        with self._lock:
+            return {k: ModelUsage(**v.to_dict()) for k, v in self.usage.items()}
+
+    def remaining(self, depth: int = 0) -> dict[str, Any]:
+        """What is left of every limit, as seen from a node at ``depth`` (for ``budget()``)."""
+        lim = self.limits
+
+        def left(limit: float | None, used: float) -> float | None:
+            return None if limit is None else max(0.0, limit - used)
+
+        with self._lock:
+            return {
+                "depth": depth,
+                "max_depth": lim.max_depth,
+                "iterations_left": lim.max_iterations - self.iterations,
+                "budget_usd_left": left(lim.max_budget, self.cost_usd),
+                "time_left_s": self.time_left_s(),
+                "tokens_left": None if lim.max_tokens is None
+                else int(left(lim.max_tokens, self.tokens) or 0),
+                "errors_left": None if lim.max_errors is None
+                else int(max(0, lim.max_errors - self.errors)),
+                "spent_usd": self.cost_usd,
+                "tokens_used": self.tokens,
+                "elapsed_s": self.elapsed_s(),
+            }
+
+
+def estimate_tokens(chars: int) -> int:
+    """A rough token count for ``chars`` characters of text (4 characters per token)."""
+    return math.ceil(chars / 4)

@@ -1,0 +1,173 @@
+"""The iteration loop of one RLM node, written once as a sans-IO generator.
+
+``Loop.steps()`` yields what it needs done (``CallLM``, ``RunCode``, ``ResolveFinal``) and is
+sent the results; a limit reached while doing a step is thrown into it.  The sync and
+async drivers in ``rlm.core.engine`` only perform the steps, so both behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from rlm.core import prompts
+from rlm.core.limits import Budget
+from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
+from rlm.errors import Cancelled, LimitExceeded
+from rlm.trace.tracer import Tracer
+from rlm.types import Answer, Completion, CompletionRequest, ExecResult, Message, NodeRef
+
+__all__ = ["CallLM", "Loop", "LoopConfig", "Outcome", "ResolveFinal", "RunCode", "Step"]
+
+
+@dataclass(frozen=True)
+class CallLM:
+    """Ask the node's model for its next reply (``purpose`` is ``"turn"`` or ``"extract"``)."""
+
+    request: CompletionRequest
+    purpose: str = "turn"
+
+
+@dataclass(frozen=True)
+class RunCode:
+    """Run one code block in the node's environment; send back an ``ExecResult``."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class ResolveFinal:
+    """Evaluate the inside of a ``FINAL(...)`` line written outside code; send back text."""
+
+    expression: str
+
+
+Step = CallLM | RunCode | ResolveFinal
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Knobs of the loop that are not limits."""
+
+    max_output_chars: int = 20_000
+    extract_on_limit: bool = True
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a node ended."""
+
+    response: str
+    stop_reason: str
+    iterations: int
+    answer_source: str | None
+
+
+def _reason(exc: BaseException, budget: Budget) -> str:
+    if isinstance(exc, Cancelled) and budget.tripped is not None:
+        return budget.tripped.stop_reason
+    return getattr(exc, "stop_reason", "cancelled")
+
+
+class Loop:
+    """The REPL loop of one node: ask, run the code, feed the output back, until FINAL."""
+
+    def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
+                 config: LoopConfig, tracer: Tracer) -> None:
+        self.node = node
+        self.budget = budget
+        self.messages = messages
+        self.config = config
+        self.tracer = tracer
+
+    def _request(self) -> CompletionRequest:
+        return CompletionRequest(
+            messages=list(self.messages), depth=self.node.depth,
+            temperature=self.config.temperature,
+            max_output_tokens=self.config.max_output_tokens, grammar=self.config.grammar,
+        )
+
+    def steps(self) -> Generator[Step, Any, Outcome]:
+        answer: Answer | None = None
+        stop = "final"
+        last_prose = ""
+        iterations = 0
+        while answer is None:
+            try:
+                self.budget.start_iteration()
+            except (LimitExceeded, Cancelled) as exc:
+                stop = _reason(exc, self.budget)
+                break
+            iterations += 1
+            self.node.iteration = iterations
+            try:
+                completion: Completion = yield CallLM(self._request())
+            except (LimitExceeded, Cancelled) as exc:
+                stop = _reason(exc, self.budget)
+                break
+            reply = completion.text
+            self.messages.append({"role": "assistant", "content": reply})
+            blocks = find_code_blocks(reply)
+            last_prose = strip_code(reply, blocks).strip() or last_prose
+            results: list[tuple[str, ExecResult]] = []
+            for block in blocks:
+                result: ExecResult = yield RunCode(block.code)
+                results.append((block.code, result))
+                self.tracer.emit("code_exec", self.node, code=block.code, **result.to_dict())
+                if result.error:
+                    self.budget.count_error()
+                if result.final is not None:
+                    answer = result.final
+                    break
+            if answer is None:
+                answer = yield from self._final_outside_code(reply, blocks, results)
+            if answer is not None:
+                break
+            feedback = prompts.turn_feedback(
+                results, iteration=iterations, max_output_chars=self.config.max_output_chars,
+                iterations_left=self.budget.remaining()["iterations_left"],
+            ) if results else prompts.NO_CODE_FEEDBACK
+            self.messages.append({"role": "user", "content": feedback})
+            if self.budget.tripped is not None:
+                stop = self.budget.tripped.stop_reason
+                break
+        if answer is None and stop == "max_iterations" and self.config.extract_on_limit:
+            answer = yield from self._extract()
+        if answer is None:
+            return Outcome(last_prose, stop, iterations, None)
+        return Outcome(answer.text, stop if answer.source == "extract" else "final",
+                       iterations, answer.source)
+
+    def _final_outside_code(self, reply: str, blocks: list[Any],
+                            results: list[tuple[str, ExecResult]]
+                            ) -> Generator[Step, Any, Answer | None]:
+        found = find_final_line(reply, blocks)
+        if found is None:
+            return None
+        kind, inner = found
+        if kind == "FINAL_VAR":
+            result: ExecResult = yield RunCode(f"FINAL_VAR({inner})")
+            self.tracer.emit("code_exec", self.node, code=f"FINAL_VAR({inner})",
+                             **result.to_dict())
+            if result.final is None:
+                results.append((f"FINAL_VAR({inner})", result))
+                return None
+            return Answer(result.final.text, "text")
+        text: str = yield ResolveFinal(inner)
+        return Answer(text, "text")
+
+    def _extract(self) -> Generator[Step, Any, Answer | None]:
+        self.messages.append({"role": "user", "content": prompts.extract_prompt()})
+        try:
+            completion: Completion = yield CallLM(self._request(), purpose="extract")
+        except (LimitExceeded, Cancelled):
+            return None
+        text = strip_code(completion.text).strip() or completion.text.strip()
+        found = find_final_line(completion.text)
+        if found is not None and found[0] == "FINAL":
+            text = found[1].strip().strip("\"'")
+        return Answer(text, "extract")

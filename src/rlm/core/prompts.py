@@ -1,0 +1,142 @@
+"""The messages the model reads: system prompt, first user message, per-turn feedback."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rlm.types import ExecResult, Message
+
+__all__ = [
+    "NO_CODE_FEEDBACK",
+    "extract_prompt",
+    "first_user_message",
+    "system_prompt",
+    "turn_feedback",
+    "truncate",
+]
+
+SYSTEM_PROMPT = """\
+You answer questions about an input that is too long to read at once. The input is \
+stored in a Python REPL as the variable `context`; you never see it whole. You work by \
+writing Python code in a ```repl fenced block. I run each block and show you its output \
+(long output is cut), and you continue until you know the answer.
+
+Available in the REPL:
+- `context`: the input (read it with code: len, slicing, split, re, loops).
+- `llm_query(prompt) -> str`: ask a language model one question. It sees ONLY the \
+prompt you pass, so include the text it must read, e.g. \
+llm_query("Find the date in this text:\\n" + chunk).
+- `llm_query_batched(prompts) -> list[str]`: many llm_query calls run concurrently.
+- `rlm_query(prompt, context) -> str` and `rlm_query_batched(prompts, contexts)`: like \
+llm_query, but the helper gets its own REPL for a large piece of context.
+- `FINAL(answer)`: submit the final answer. `FINAL_VAR("name")`: submit a variable.
+- `SHOW_VARS()`: list your variables. `budget()`: what is left of the limits.
+{tools}
+Rules:
+- Write exactly one ```repl block per reply, then stop and wait for its output.
+- Look at the data before you answer; prefer plain Python (re, str methods, counting) \
+when it can answer exactly; use llm_query on chunks of at most ~{chunk_chars} characters \
+when you must understand text.
+- Never reassign `context`; keep results in new variables. Variables persist between blocks.
+- When you know the answer, call FINAL(answer) in a block. Do not guess: verify with code.
+{depth_note}"""
+
+SESSION_NOTE = """\
+This is turn {turn} of a conversation. Earlier inputs are still in the REPL as {names}, \
+and `history` is a list of {{"question", "answer"}} of earlier turns.
+"""
+
+NO_CODE_FEEDBACK = (
+    "I found no ```repl code block in your reply, so nothing ran. Write Python code in a "
+    "```repl block to inspect `context`, or call FINAL(answer) in a block when you are sure."
+)
+
+
+def _tools_text(tools: Mapping[str, Callable[..., Any]]) -> str:
+    if not tools:
+        return ""
+    lines = []
+    for name, tool in tools.items():
+        try:
+            signature = str(inspect.signature(tool))
+        except (TypeError, ValueError):
+            signature = "(...)"
+        doc = (inspect.getdoc(tool) or "").split("\n")[0]
+        lines.append(f"- `{name}{signature}`" + (f": {doc}" if doc else ""))
+    return "Tools:\n" + "\n".join(lines) + "\n"
+
+
+def system_prompt(
+    *,
+    depth: int,
+    max_depth: int,
+    tools: Mapping[str, Callable[..., Any]] | None = None,
+    chunk_chars: int = 50_000,
+    template: str | None = None,
+) -> str:
+    """The system prompt for a node at ``depth`` (``template`` replaces the default)."""
+    can_recurse = depth + 1 < max_depth
+    depth_note = "" if can_recurse else (
+        "Here rlm_query is a plain model call (maximum depth reached).\n"
+    )
+    return (template or SYSTEM_PROMPT).format(
+        tools=_tools_text(tools or {}), chunk_chars=f"{chunk_chars:,}", depth_note=depth_note
+    )
+
+
+def first_user_message(
+    question: str | None,
+    context_description: str,
+    *,
+    session_turn: int = 0,
+    session_names: list[str] | None = None,
+) -> str:
+    """The first user message of a node: the question (if any) and what `context` is."""
+    parts = []
+    if session_turn:
+        parts.append(SESSION_NOTE.format(turn=session_turn + 1,
+                                         names=", ".join(session_names or [])))
+    parts.append(context_description)
+    if question:
+        parts.append(f"Question: {question}")
+    else:
+        parts.append("The task is in `context`: read it with code, do what it asks, "
+                     "and submit the result with FINAL.")
+    parts.append("Start by writing a ```repl block that looks at `context`.")
+    return "\n\n".join(parts)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to about ``limit`` characters, keeping head and tail, with a marker."""
+    if len(text) <= limit:
+        return text
+    half = max(1, limit // 2)
+    return (f"{text[:half]}\n... [output truncated: {len(text) - 2 * half:,} of "
+            f"{len(text):,} characters not shown] ...\n{text[-half:]}")
+
+
+def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
+                  max_output_chars: int, iterations_left: int | None = None) -> str:
+    """The user message that reports what the reply's code blocks printed."""
+    parts = []
+    for number, (_code, result) in enumerate(results, 1):
+        out = result.stdout
+        if result.stderr:
+            out += ("\n" if out else "") + f"[stderr]\n{result.stderr}"
+        if result.error:
+            out += ("\n" if out else "") + f"[error]\n{result.error}"
+        out = truncate(out, max_output_chars) if out else "(no output)"
+        label = f"Output of block {number}" if len(results) > 1 else "Output"
+        notes = "".join(f"\n[note] {n}" for n in result.notes)
+        parts.append(f"{label}:\n{out}{notes}")
+    left = "" if iterations_left is None else f" ({iterations_left} turns left)"
+    parts.append(f"Continue{left}. When you know the answer, call FINAL(answer) in a block.")
+    return "\n\n".join(parts)
+
+
+def extract_prompt() -> str:
+    """The last-resort request when the turns run out."""
+    return ("You have no turns left. Based only on what you found above, reply with your "
+            "best final answer to the question, as plain text, with no code.")

@@ -1,0 +1,63 @@
+"""The interface every REPL environment implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rlm.types import ExecResult
+
+__all__ = ["Environment", "HostCall"]
+
+HostCall = Callable[[dict[str, Any]], dict[str, Any]]
+"""Sends one REPL request (``llm_query``, ``rlm_query``, ``budget``...) to the host's LM
+handler and returns its reply; see ``rlm.bridge.guest`` for the messages."""
+
+
+class Environment(ABC):
+    """A REPL that runs model-written code.
+
+    Lifecycle:
+    1. create it (cheap: no process is started);
+    2. ``start(call, tools)``: start the REPL; ``call`` reaches the host's LM handler,
+       ``tools`` are extra functions to expose; calling it again does nothing;
+    3. ``set_variable(name, value)`` any number of times (``context`` first);
+    4. ``execute(code)`` any number of times: variables persist between calls.  Errors of the
+       model's code come back in ``ExecResult.error``; failures of the environment itself
+       raise ``rlm.EnvError``;
+    5. ``close()``: release everything; safe to call twice.
+
+    Whoever creates an environment closes it: RLM closes the ones it builds from a name.
+    ``isolation`` says in a few words what the environment keeps model code away from.
+    """
+
+    name: ClassVar[str] = "base"
+    supports_persistence: ClassVar[bool] = True
+    isolation: ClassVar[str] = "nothing"
+
+    @abstractmethod
+    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+        """Start the REPL (idempotent)."""
+
+    @abstractmethod
+    def set_variable(self, name: str, value: Any) -> None:
+        """Bind ``name`` to ``value`` in the REPL."""
+
+    @abstractmethod
+    def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
+        """Run one code block and report its output, error and final answer."""
+
+    @abstractmethod
+    def resolve_final_text(self, expression: str) -> str:
+        """Evaluate the inside of a ``FINAL(...)`` line written outside code."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the REPL (idempotent)."""
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,121 @@
+"""Name -> class maps for backends and environments.
+
+Built-ins are registered as ``"module:Class"`` strings and imported only when looked up, so
+registering never imports an SDK.  Third-party packages add entries through the entry-point
+groups ``rlm.backends`` and ``rlm.environments`` (``name = "package.module:Class"``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from rlm.errors import (
+    ConfigError,
+    MissingDependencyError,
+    UnknownBackendError,
+    UnknownEnvironmentError,
+)
+
+__all__ = [
+    "backend_names",
+    "create_backend",
+    "create_environment",
+    "environment_names",
+    "get_backend_class",
+    "get_environment_class",
+    "register_backend",
+    "register_environment",
+]
+
+_BACKENDS: dict[str, Any] = {
+    "openai": "rlm.backends.openai_compat:OpenAIBackend",
+    "scripted": "rlm.backends.scripted:ScriptedBackend",
+}
+_ENVIRONMENTS: dict[str, Any] = {
+    "local": "rlm.environments.local:LocalEnvironment",
+}
+#: The extra that provides a built-in whose import fails.
+_EXTRAS: dict[str, str] = {}
+_plugins_loaded = False
+
+
+def register_backend(name: str, cls: Any) -> None:
+    """Register a backend class (or a ``"module:Class"`` string) under ``name``."""
+    _BACKENDS[name] = cls
+
+
+def register_environment(name: str, cls: Any) -> None:
+    """Register an environment class (or a ``"module:Class"`` string) under ``name``."""
+    _ENVIRONMENTS[name] = cls
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for group, table in (("rlm.backends", _BACKENDS), ("rlm.environments", _ENVIRONMENTS)):
+        for entry in entry_points(group=group):
+            table.setdefault(entry.name, entry.value)
+
+
+def _resolve(table: dict[str, Any], name: str, kind: str, error: type[ConfigError]) -> Any:
+    _load_plugins()
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise error(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}.{hint}")
+    target = table[name]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            extra = _EXTRAS.get(name, name)
+            raise MissingDependencyError(
+                f"the {kind} {name!r} needs an optional dependency ({exc.name}): "
+                f"pip install 'rlm[{extra}]'"
+            ) from exc
+        target = table[name] = getattr(module, attr)
+    return target
+
+
+def get_backend_class(name: str) -> Any:
+    return _resolve(_BACKENDS, name, "backend", UnknownBackendError)
+
+
+def get_environment_class(name: str) -> Any:
+    return _resolve(_ENVIRONMENTS, name, "environment", UnknownEnvironmentError)
+
+
+def backend_names() -> list[str]:
+    _load_plugins()
+    return sorted(_BACKENDS)
+
+
+def environment_names() -> list[str]:
+    _load_plugins()
+    return sorted(_ENVIRONMENTS)
+
+
+def create_backend(name: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """Build the backend ``name``; ``model_name`` is accepted as an alias of ``model``."""
+    options = dict(kwargs or {})
+    if "model_name" in options and "model" not in options:
+        options["model"] = options.pop("model_name")
+    cls = get_backend_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad backend_kwargs for {name!r}: {exc}") from exc
+
+
+def create_environment(name: str, kwargs: dict[str, Any] | None = None) -> Any:
+    cls = get_environment_class(name)
+    try:
+        return cls(**dict(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"bad environment_kwargs for {name!r}: {exc}") from exc

@@ -1,0 +1,18 @@
+"""Traces: one event per line, rebuilt into the call tree by ``load``."""
+
+from rlm.trace.events import TraceEvent
+from rlm.trace.sinks import JsonlSink, MemorySink, MultiSink, NullSink, TraceSink
+from rlm.trace.tree import TraceNode, build_tree, load, load_all
+
+__all__ = [
+    "JsonlSink",
+    "MemorySink",
+    "MultiSink",
+    "NullSink",
+    "TraceEvent",
+    "TraceNode",
+    "TraceSink",
+    "build_tree",
+    "load",
+    "load_all",
+]

@@ -1,0 +1,38 @@
+"""Stamps events with a sequence number and time, and hands them to a sink."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from rlm.trace.events import TraceEvent
+from rlm.trace.sinks import TraceSink
+from rlm.types import NodeRef
+
+__all__ = ["Tracer"]
+
+
+class Tracer:
+    """Shared by a whole call tree: numbers events in the order they happen."""
+
+    def __init__(self, sink: TraceSink) -> None:
+        self.sink = sink
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def emit(self, type: str, node: NodeRef, **data: Any) -> TraceEvent:
+        with self._lock:
+            event = TraceEvent(
+                type=type,
+                run_id=node.run_id,
+                parent_run_id=node.parent_run_id,
+                depth=node.depth,
+                iteration=node.iteration,
+                seq=next(self._seq),
+                ts=time.time(),
+                data=data,
+            )
+            self.sink.emit(event)
+        return event
