@@ -59,7 +59,8 @@ class LMBackend(ABC):
         return {"backend": self.name, "model": self.model_name}
 
     def close(self) -> None:
-        """Release connections or loaded weights."""
+        """Release connections or loaded weights (nothing by default)."""
+        return None
 
     async def aclose(self) -> None:
         self.close()

@@ -280,7 +280,7 @@ class GuestRuntime:
                                    "contexts": contexts})
             return [_slot(r) for r in reply["results"]]
 
-        def FINAL(answer: Any) -> str:  # noqa: N802 - the name is the protocol
+        def FINAL(answer: Any) -> str:
             """Submit ``answer`` as the final answer."""
             text = _as_text(answer)
             self._final = (text, "FINAL")
@@ -288,7 +288,7 @@ class GuestRuntime:
 
         missing = object()
 
-        def FINAL_VAR(name_or_value: Any, value: Any = missing) -> str:  # noqa: N802
+        def FINAL_VAR(name_or_value: Any, value: Any = missing) -> str:
             """Submit a variable (by name) or a value as the final answer.
 
             ``FINAL_VAR("answer")`` submits the variable ``answer``;
@@ -311,7 +311,7 @@ class GuestRuntime:
             self._final = (text, "FINAL_VAR")
             return _Shown(f"[final answer submitted: {len(text)} characters]")
 
-        def SHOW_VARS() -> str:  # noqa: N802
+        def SHOW_VARS() -> str:
             """List the variables defined in the REPL, with their types and sizes."""
             lines = []
             for name, value in self.namespace.items():
@@ -370,7 +370,7 @@ class GuestRuntime:
         started = time.perf_counter()
         try:
             self._exec(code)
-        except BaseException as exc:  # noqa: BLE001 - model code may raise anything, even SystemExit
+        except BaseException as exc:
             error = self._format_error(exc)
         finally:
             _current.reset(token)
@@ -414,6 +414,6 @@ class GuestRuntime:
         evaluates in the REPL, else the raw text."""
         try:
             value = eval(compile(expression, "<final>", "eval"), self.namespace)
-        except Exception:  # noqa: BLE001 - prose inside FINAL(...) is not Python: keep it as text
+        except Exception:
             return expression.strip()
         return _as_text(value)

@@ -219,5 +219,5 @@ class LMHandler:
             return {"text": future.result()}
         except (RLMError, LimitExceeded, ValueError, TypeError) as exc:
             return {"error": _error(self._limit_reason(exc))}
-        except Exception as exc:  # noqa: BLE001 - one slot's bug must not fail its siblings
+        except Exception as exc:
             return {"error": _error(exc)}

@@ -6,15 +6,15 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rlm.types import ExecResult, Message
+from rlm.types import ExecResult
 
 __all__ = [
     "NO_CODE_FEEDBACK",
     "extract_prompt",
     "first_user_message",
     "system_prompt",
-    "turn_feedback",
     "truncate",
+    "turn_feedback",
 ]
 
 SYSTEM_PROMPT = """\
