@@ -280,15 +280,13 @@ class GuestRuntime:
                                    "contexts": contexts})
             return [_slot(r) for r in reply["results"]]
 
-        def FINAL(answer: Any) -> str:
+        def FINAL(answer: Any) -> None:
             """Submit ``answer`` as the final answer."""
-            text = _as_text(answer)
-            self._final = (text, "FINAL")
-            return _Shown(f"[final answer submitted: {len(text)} characters]")
+            self._final = (_as_text(answer), "FINAL")
 
         missing = object()
 
-        def FINAL_VAR(name_or_value: Any, value: Any = missing) -> str:
+        def FINAL_VAR(name_or_value: Any, value: Any = missing) -> None:
             """Submit a variable (by name) or a value as the final answer.
 
             ``FINAL_VAR("answer")`` submits the variable ``answer``;
@@ -307,9 +305,7 @@ class GuestRuntime:
                 )
             else:
                 chosen = name_or_value
-            text = _as_text(chosen)
-            self._final = (text, "FINAL_VAR")
-            return _Shown(f"[final answer submitted: {len(text)} characters]")
+            self._final = (_as_text(chosen), "FINAL_VAR")
 
         def SHOW_VARS() -> str:
             """List the variables defined in the REPL, with their types and sizes."""

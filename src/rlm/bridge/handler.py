@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextvars
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -54,6 +55,15 @@ class LMHandler:
         self.spawn_child = spawn_child
         self.max_concurrency = max(1, max_concurrency)
         self.sub_call_max_output_tokens = sub_call_max_output_tokens
+        self._in_flight: set[cf.Future[str]] = set()
+        self._in_flight_lock = threading.Lock()
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for batch slots still running after their batch returned."""
+        with self._in_flight_lock:
+            futures = set(self._in_flight)
+        if futures:
+            cf.wait(futures, timeout=timeout_s)
 
     # -- charged LM calls -------------------------------------------------------------------
     def _prepare(self, request: CompletionRequest, backend: LMBackend | None
@@ -195,6 +205,10 @@ class LMHandler:
                 pool.submit(contextvars.copy_context().run, job): index
                 for index, job in enumerate(jobs)
             }
+            with self._in_flight_lock:
+                self._in_flight.update(futures)
+            for future in futures:
+                future.add_done_callback(self._forget)
             pending = set(futures)
             try:
                 while pending:
@@ -213,6 +227,10 @@ class LMHandler:
         self.tracer.emit("subcall_end", node, op=op, count=len(jobs), failed=failed,
                          elapsed_s=time.monotonic() - started)
         return [r or {"error": _error(Cancelled("not run"))} for r in results]
+
+    def _forget(self, future: cf.Future[str]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(future)
 
     def _slot(self, future: cf.Future[str]) -> dict[str, Any]:
         try:

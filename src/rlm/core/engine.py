@@ -245,6 +245,10 @@ class Engine:
                 trace_path: str | None, question: str | None, owned: bool) -> RLMResult | None:
         with self._active_lock:
             self._active.discard(tree.budget)
+        tree.budget.close()
+        # Whatever is still running belongs to a finished run: stop it and let it wind down.
+        tree.budget.cancel_event.set()
+        tree.handler.drain(timeout_s=5.0)
         if session is None and owned:
             env.close()
         else:

@@ -94,6 +94,20 @@ class Budget:
         self._reserved_tokens = 0
         self.tripped: LimitExceeded | Cancelled | None = None
         self.cancel_event = threading.Event()
+        self._watchdog: threading.Timer | None = None
+        if limits.max_timeout is not None:
+            # Trips the tree at the deadline even while every node is blocked in a call.
+            self._watchdog = threading.Timer(limits.max_timeout, self._on_deadline)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _on_deadline(self) -> None:
+        self.trip(TimeLimitExceeded(f"max_timeout of {self.limits.max_timeout}s reached"))
+
+    def close(self) -> None:
+        """Stop the deadline watchdog (the run is over)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     # -- checks ---------------------------------------------------------------------------
     def elapsed_s(self) -> float:

@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated user dir, no provider keys, scripted backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from rlm.backends.scripted import ScriptedBackend
+
+PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GROQ_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def user_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets its own RLM_USER_PATH."""
+    path = tmp_path_factory.mktemp("rlm-user")
+    monkeypatch.setenv("RLM_USER_PATH", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a real provider key."""
+    for key in PROVIDER_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedBackend]]:
+    """Build scripted backends: ``scripted(["reply 1", "reply 2"], cost_per_call=0.01)``."""
+    made: list[ScriptedBackend] = []
+
+    def make(responses, **kwargs) -> ScriptedBackend:
+        backend = ScriptedBackend(responses, **kwargs)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def repl(code: str) -> str:
+    """A model reply made of one ```repl block."""
+    return f"```repl\n{code}\n```"
