@@ -297,3 +297,13 @@ def test_trace_file_rebuilds_the_tree(tmp_path: Path):
     assert tree.usage["scripted"].calls == result.usage["scripted"].calls == 3
     lines = path.read_text().splitlines()
     assert all(json.loads(line)["run_id"] for line in lines)
+
+
+def test_a_100_mb_string_context_works_in_the_local_repl():
+    data = "x" * (100 * 1024 * 1024 - 6) + "NEEDLE"
+    result = RLM(backend="scripted",
+                 backend_kwargs={"responses": [repl("FINAL(context[-6:] + str(len(context)))")]}
+                 ).completion("find it", context=data)
+    assert result.response == f"NEEDLE{len(data)}"
+    sent = result.trace.lm_calls[0]
+    assert sent.data["input_tokens"] < 10_000  # the model saw a preview, not the input

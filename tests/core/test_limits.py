@@ -1,3 +1,4 @@
+import contextlib
 import threading
 
 import pytest
@@ -40,10 +41,8 @@ def test_parallel_reservations_cannot_overrun_the_budget():
 
     def worker():
         barrier.wait()
-        try:
+        with contextlib.suppress(BudgetExceeded):
             granted.append(budget.reserve(0.1, 0))
-        except BudgetExceeded:
-            pass
 
     threads = [threading.Thread(target=worker) for _ in range(20)]
     for t in threads:

@@ -1,0 +1,356 @@
+"""A backend for any OpenAI-compatible chat-completions server, built on ``httpx``.
+
+Works with OpenAI itself and with servers that speak the same API: vLLM, Ollama, llama.cpp
+server, OpenRouter, Groq.  ``provider=...`` picks a preset base URL and key variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from rlm.backends.base import LMBackend, resolve_key
+from rlm.core.limits import estimate_tokens
+from rlm.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    BadResponseError,
+    Cancelled,
+    ConfigError,
+    RateLimitError,
+)
+from rlm.types import Completion, CompletionRequest
+
+__all__ = ["LOCAL_HOSTS", "PRESETS", "PRICES_PER_MTOK", "OpenAIBackend"]
+
+#: provider -> (default base URL, API key environment variable or None if keyless).
+PRESETS: dict[str, tuple[str, str | None]] = {
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    "vllm": ("http://127.0.0.1:8000/v1", None),
+    "ollama": ("http://127.0.0.1:11434/v1", None),
+    "llamacpp": ("http://127.0.0.1:8080/v1", None),
+}
+
+#: USD per million (input, output) tokens of well-known OpenAI models.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "gpt-5": (1.25, 10.0),
+    "gpt-5-mini": (0.25, 2.0),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o": (2.50, 10.0),
+    "gpt-4o-mini": (0.15, 0.60),
+}
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+_MAX_RETRY_AFTER_S = 60.0
+_ERROR_CHARS = 200
+
+
+@contextmanager
+def _translate_errors(where: str) -> Iterator[None]:
+    """Turn ``httpx`` exceptions into ``rlm.BackendError`` subclasses (the only place)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise BackendTimeoutError(f"{where}: no answer in time ({type(exc).__name__})") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        raise BackendConnectionError(f"{where}: connection failed ({type(exc).__name__}: "
+                                     f"{str(exc)[:_ERROR_CHARS]})") from exc
+    except httpx.HTTPError as exc:
+        raise BadResponseError(f"{where}: {type(exc).__name__}: {str(exc)[:_ERROR_CHARS]}") from exc
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    """A numeric ``Retry-After`` header in seconds (capped), else ``default`` (dates too)."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return default
+    return min(seconds, _MAX_RETRY_AFTER_S) if math.isfinite(seconds) and seconds >= 0 \
+        else default
+
+
+class _Attempts:
+    """Retry state of one request: the deadline, the attempt count and the next delay."""
+
+    def __init__(self, backend: OpenAIBackend, request: CompletionRequest) -> None:
+        self.backend = backend
+        self.cancel = request.cancel
+        limit = backend.timeout_s
+        if request.timeout_s is not None:
+            limit = min(limit, request.timeout_s)
+        self.started = time.monotonic()
+        self.deadline = self.started + max(limit, 0.001)
+        self.retries = 0
+
+    def timeout(self) -> float:
+        """The timeout of the next attempt: what is left before the deadline."""
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def delay(self, outcome: httpx.Response | BackendError) -> float | None:
+        """Seconds to wait before retrying after ``outcome``, or ``None`` to stop."""
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code != 429 and outcome.status_code < 500:
+                return None
+        elif not isinstance(outcome, BackendConnectionError):
+            return None
+        if self.retries >= self.backend.max_retries:
+            return None
+        delay = self.backend.backoff_s * 2**self.retries * random.uniform(0.75, 1.25)
+        if isinstance(outcome, httpx.Response):
+            delay = _retry_after(outcome.headers.get("retry-after"), delay)
+        if time.monotonic() + delay >= self.deadline:
+            return None
+        self.retries += 1
+        return max(delay, 0.0)
+
+    def cancelled(self, outcome: httpx.Response | BackendError) -> Cancelled:
+        what = f"HTTP {outcome.status_code}" if isinstance(outcome, httpx.Response) else outcome
+        return Cancelled(f"{self.backend.name} call cancelled while retrying after {what}")
+
+
+class OpenAIBackend(LMBackend):
+    """Chat completions from an OpenAI-compatible server (``POST {base_url}/chat/completions``).
+
+    The API key is ``api_key``, else the provider's environment variable; servers on
+    localhost need none.  The price comes from ``price_per_mtok`` (USD per million input and
+    output tokens), else the built-in table of OpenAI models (0.0 on localhost); an unknown
+    price gives ``cost_usd=None``.  429, 5xx and connection errors are retried
+    ``max_retries`` times with exponential backoff (``Retry-After`` is honoured).
+    """
+
+    name = "openai"
+    key_env_var = "OPENAI_API_KEY"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        provider: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        price_per_mtok: tuple[float, float] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if provider is not None and provider not in PRESETS:
+            raise ConfigError(f"unknown provider {provider!r}; known: {', '.join(PRESETS)}")
+        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
+            raise ConfigError("timeout_s must be > 0; max_retries and backoff_s must be >= 0")
+        default_url, key_env = PRESETS[provider or "openai"]
+        self.model_name = model
+        self.provider = provider or "openai"
+        self.base_url = (base_url or default_url).rstrip("/")
+        url = httpx.URL(self.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self.is_local = url.host in LOCAL_HOSTS
+        self._where = f"{self.name} backend ({self.base_url})"
+        if self.is_local:
+            self.api_key = api_key or (os.environ.get(key_env) if key_env else None) or None
+        else:
+            self.api_key = resolve_key(api_key, key_env, backend=provider or self.name)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        known = (0.0, 0.0) if self.is_local else PRICES_PER_MTOK.get(_DATED.sub("", model))
+        self.price_per_mtok = price_per_mtok or known
+        self.extra_body = dict(extra_body or {})
+        self._headers = {**({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+                         **(headers or {})}
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    # -- clients ----------------------------------------------------------------------------
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {"base_url": self.base_url + "/", "headers": self._headers,
+                "timeout": self.timeout_s, "follow_redirects": False}
+
+    def _sync_client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(**self._client_kwargs())
+            return self._client
+
+    def _async_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._aclient is None or self._aloop is not loop:
+                # a client is bound to the event loop that opened its connections
+                self._aclient = httpx.AsyncClient(**self._client_kwargs())
+                self._aloop = loop
+            return self._aclient
+
+    def close(self) -> None:
+        """Close the sync client, and the async one if its event loop can still run."""
+        with self._lock:
+            client, self._client = self._client, None
+            aclient, loop = self._aclient, self._aloop
+            if loop is not None and not loop.is_closed() and not loop.is_running():
+                self._aclient = self._aloop = None
+            else:
+                aclient = None
+        if client is not None:
+            client.close()
+        if aclient is not None and loop is not None:
+            loop.run_until_complete(aclient.aclose())
+
+    async def aclose(self) -> None:
+        with self._lock:
+            aclient, self._aclient = self._aclient, None
+            same_loop = self._aloop is asyncio.get_running_loop()
+            self._aloop = None
+        if aclient is not None and same_loop:
+            await aclient.aclose()
+        self.close()
+
+    # -- request building and response parsing, shared by both paths -----------------------
+    def _body(self, request: CompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model or self.model_name,
+                                "messages": request.messages}
+        if request.max_output_tokens is not None:
+            body["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = request.stop
+        body.update(self.extra_body)
+        return body
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def _error_message(self, response: httpx.Response, retries: int) -> str:
+        try:
+            data = response.json()
+            detail = data["error"]["message"] if isinstance(data.get("error"), dict) \
+                else data.get("error") or data.get("message") or data
+        except (ValueError, AttributeError, KeyError, TypeError):
+            detail = response.text
+        detail = " ".join(str(detail).split())[:_ERROR_CHARS]
+        tries = f" (after {retries} retries)" if retries else ""
+        return self._scrub(f"{self._where}: HTTP {response.status_code}{tries} for model "
+                           f"{self.model_name!r}: {detail}")
+
+    def _parse(self, response: httpx.Response, request: CompletionRequest,
+               started: float, retries: int = 0) -> Completion:
+        """Turn a final response into a ``Completion``, or raise for an error status."""
+        if response.status_code == 429:
+            raise RateLimitError(self._error_message(response, retries), status_code=429)
+        if response.status_code >= 400:
+            raise BadResponseError(self._error_message(response, retries),
+                                   status_code=response.status_code)
+        try:
+            data = response.json()
+            if isinstance(data, dict) and "error" in data and "choices" not in data:
+                raise BadResponseError(self._error_message(response, retries),
+                                       status_code=response.status_code)  # an error in a 200
+            text = data["choices"][0]["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError(f"content is {type(text).__name__}")
+            usage = data.get("usage") or {}
+            input_tokens = int(usage.get("prompt_tokens", estimate_tokens(request.prompt_chars)))
+            output_tokens = int(usage.get("completion_tokens", estimate_tokens(len(text))))
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise BadResponseError(self._scrub(
+                f"{self._where}: malformed response "
+                f"(HTTP {response.status_code}): {type(exc).__name__}: {response.text[:100]!r}"
+            ), status_code=response.status_code) from exc
+        model = data.get("model")
+        return Completion(
+            text=text,
+            model=model if isinstance(model, str) and model else self.model_name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=self._cost(input_tokens, output_tokens),
+            latency_s=time.monotonic() - started,
+        )
+
+    def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        if self.price_per_mtok is None:
+            return None
+        price_in, price_out = self.price_per_mtok
+        return (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+
+    # -- the two I/O paths ------------------------------------------------------------------
+    def _settle(self, outcome: httpx.Response | BackendError, attempts: _Attempts,
+                request: CompletionRequest) -> Completion | float:
+        """The ``Completion`` (or raise) when done, else the seconds to wait before retrying."""
+        delay = attempts.delay(outcome)
+        if delay is not None:
+            return delay
+        if isinstance(outcome, BackendError):
+            raise outcome
+        return self._parse(outcome, request, attempts.started, attempts.retries)
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        body, attempts = self._body(request), _Attempts(self, request)
+        client = self._sync_client()
+        while True:
+            outcome: httpx.Response | BackendError
+            try:
+                with _translate_errors(self._where):
+                    outcome = client.post("chat/completions", json=body,
+                                          timeout=attempts.timeout())
+            except BackendError as exc:
+                outcome = exc
+            result = self._settle(outcome, attempts, request)
+            if isinstance(result, Completion):
+                return result
+            if attempts.cancel is None:
+                time.sleep(result)
+            elif attempts.cancel.wait(result):
+                raise attempts.cancelled(outcome)
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        body, attempts = self._body(request), _Attempts(self, request)
+        client = self._async_client()
+        while True:
+            outcome: httpx.Response | BackendError
+            try:
+                with _translate_errors(self._where):
+                    outcome = await client.post("chat/completions", json=body,
+                                                timeout=attempts.timeout())
+            except BackendError as exc:
+                outcome = exc
+            result = self._settle(outcome, attempts, request)
+            if isinstance(result, Completion):
+                return result
+            end = time.monotonic() + result
+            while (left := end - time.monotonic()) > 0:  # sleep, watching the cancel event
+                if attempts.cancel is not None and attempts.cancel.is_set():
+                    raise attempts.cancelled(outcome)
+                await asyncio.sleep(min(left, 0.05))
+
+    # -- LMBackend extras -------------------------------------------------------------------
+    def estimate_cost(self, request: CompletionRequest) -> float | None:
+        output = min(request.max_output_tokens or 1024, 1024)
+        return self._cost(estimate_tokens(request.prompt_chars), output)
+
+    def secrets(self) -> list[str]:
+        return [self.api_key] if self.api_key else []
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_name, "base_url": self.base_url,
+                "provider": self.provider}

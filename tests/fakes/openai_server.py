@@ -1,0 +1,260 @@
+"""A scriptable OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
+
+Usage::
+
+    with FakeOpenAIServer(reply="hello", latency_s=0.0) as fake:
+        fake.enqueue(status=429, headers={"Retry-After": "0.01"}, times=2)  # then the reply
+        backend = OpenAIBackend(model="fake", base_url=fake.url)
+        ...
+        assert fake.requests[-1].body["model"] == "fake"
+
+API:
+
+- ``FakeOpenAIServer(reply=..., latency_s=..., usage=True, model="fake")``: ``reply`` is a
+  string or a function ``reply(body) -> str`` of the request JSON; it answers every request
+  that no enqueued response claims.  ``latency_s`` delays every answer.
+- ``.url``: the base URL to give a backend (``http://127.0.0.1:PORT/v1``).
+- ``.enqueue(text=None, *, status=200, headers=None, body=None, delay_s=0.0, usage=True,
+  drop=False, times=1)``: script the next answers, consumed first in first out.  ``text``
+  replaces the reply; ``status`` >= 400 sends an OpenAI-style error; ``body`` (str, bytes or
+  JSON value) is sent verbatim; ``usage`` is ``True`` (4 characters per token), ``False``
+  (no usage field) or ``(prompt_tokens, completion_tokens)``; ``drop=True`` closes the
+  connection without answering.
+- ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body).
+- ``.start()`` / ``.stop()`` or ``with``: ``stop`` interrupts pending delays, closes every
+  open connection and joins the server threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse"]
+
+ReplyFunction = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+    received_at: float
+
+
+@dataclass
+class ScriptedResponse:
+    """One enqueued answer (see ``FakeOpenAIServer.enqueue``)."""
+
+    text: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay_s: float = 0.0
+    usage: bool | tuple[int, int] = True
+    drop: bool = False
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the handler threads
+    block_on_close = True
+    request_queue_size = 256  # the default 5 drops bursts of connects (1 s SYN retries)
+
+    def __init__(self, fake: FakeOpenAIServer) -> None:
+        self.fake = fake
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.connections_lock:
+                self.connections.discard(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out or disconnect are part of the tests
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.fake._serve(self, raw)
+
+    def do_GET(self) -> None:
+        self.server.fake._send(self, 404, {"error": {"message": "not found"}}, {})
+
+
+class FakeOpenAIServer:
+    """A real HTTP server in a thread that answers ``POST /v1/chat/completions``."""
+
+    def __init__(self, reply: str | ReplyFunction = "ok", *, latency_s: float = 0.0,
+                 usage: bool | tuple[int, int] = True, model: str = "fake") -> None:
+        self.reply = reply
+        self.latency_s = latency_s
+        self.usage = usage
+        self.model = model
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[ScriptedResponse] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> FakeOpenAIServer:
+        if self._server is None:
+            self._stopping.clear()
+            self._server = _Server(self)
+            self._thread = threading.Thread(target=self._server.serve_forever,
+                                            kwargs={"poll_interval": 0.05},
+                                            name="fake-openai-server", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        with server.connections_lock:
+            for conn in server.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fake server is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting --------------------------------------------------------------------------
+    def enqueue(self, text: str | None = None, *, status: int = 200,
+                headers: dict[str, str] | None = None, body: Any = None, delay_s: float = 0.0,
+                usage: bool | tuple[int, int] = True, drop: bool = False,
+                times: int = 1) -> None:
+        """Script the next ``times`` answers (consumed before the default ``reply``)."""
+        with self._lock:
+            for _ in range(times):
+                self._queue.append(ScriptedResponse(text, status, dict(headers or {}), body,
+                                                    delay_s, usage, drop))
+
+    @property
+    def pending(self) -> int:
+        """How many enqueued answers are left."""
+        with self._lock:
+            return len(self._queue)
+
+    def reset(self) -> None:
+        """Forget recorded requests and enqueued answers."""
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+
+    # -- serving ----------------------------------------------------------------------------
+    def _serve(self, handler: _Handler, raw: bytes) -> None:
+        try:
+            body: Any = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self._lock:
+            self.requests.append(RecordedRequest(handler.path, headers, body, time.time()))
+            scripted = self._queue.popleft() if self._queue else ScriptedResponse(
+                usage=self.usage)
+        delay = self.latency_s + scripted.delay_s
+        if delay > 0 and self._stopping.wait(delay):
+            handler.close_connection = True
+            return
+        if scripted.drop:
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if handler.path.rstrip("/") != "/v1/chat/completions":
+            self._send(handler, 404, {"error": {"message": f"no route {handler.path}"}}, {})
+        elif scripted.body is not None:
+            self._send(handler, scripted.status, scripted.body, scripted.headers)
+        elif scripted.status >= 400:
+            error = {"message": f"fake error {scripted.status}", "type": "fake_error"}
+            self._send(handler, scripted.status, {"error": error}, scripted.headers)
+        elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._send(handler, 400, {"error": {"message": "expected a JSON body"}}, {})
+        else:
+            text = scripted.text if scripted.text is not None else self._default_reply(body)
+            self._send(handler, 200, self._completion(body, text, scripted.usage),
+                       scripted.headers)
+
+    def _default_reply(self, body: dict[str, Any]) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
+
+    def _completion(self, body: dict[str, Any], text: str,
+                    usage: bool | tuple[int, int]) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": f"chatcmpl-fake-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+        }
+        if usage is True:
+            chars = sum(len(m.get("content") or "") for m in body["messages"])
+            usage = (math.ceil(chars / 4), math.ceil(len(text) / 4))
+        if usage:
+            data["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                             "total_tokens": usage[0] + usage[1]}
+        return data
+
+    @staticmethod
+    def _send(handler: _Handler, status: int, body: Any, headers: dict[str, str]) -> None:
+        if isinstance(body, bytes):
+            payload = body
+        elif isinstance(body, str):
+            payload = body.encode()
+        else:
+            payload = json.dumps(body).encode()
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(payload)
+        except OSError:
+            handler.close_connection = True  # the client went away (it timed out)
