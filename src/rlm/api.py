@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -224,8 +225,15 @@ class RLM:
         sink, path = self._sink()
         session = self._session_for_call()
         try:
-            return await self.engine.arun(question, data, sink=sink, session=session,
-                                          trace_path=path, root_environment=self._env_instance)
+            if session is not None:
+                await asyncio.to_thread(session.lock.acquire)
+                try:
+                    return await self.engine.arun(question, data, sink=sink, session=session,
+                                                  trace_path=path)
+                finally:
+                    session.lock.release()
+            return await self.engine.arun(question, data, sink=sink, trace_path=path,
+                                          root_environment=self._env_instance)
         finally:
             sink.close()
 
@@ -249,6 +257,21 @@ class RLM:
         for backend in self._owned:
             backend.close()
         self._owned.clear()
+
+    async def aclose(self) -> None:
+        """The async twin of ``close``: also closes async HTTP clients inside their loop."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        for backend in self._owned:
+            await backend.aclose()
+        self._owned.clear()
+
+    async def __aenter__(self) -> RLM:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __enter__(self) -> RLM:
         return self

@@ -25,8 +25,9 @@ Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
 
 StopReason = Literal[
-    "final", "max_iterations", "budget", "timeout", "tokens", "errors", "cancelled"
+    "final", "max_iterations", "budget", "timeout", "tokens", "errors", "cancelled", "error"
 ]
+"""Why a run ended.  ``"error"`` appears only on ``exc.partial`` of a run that raised."""
 
 
 @dataclass

@@ -307,3 +307,49 @@ def test_a_100_mb_string_context_works_in_the_local_repl():
     assert result.response == f"NEEDLE{len(data)}"
     sent = result.trace.lm_calls[0]
     assert sent.data["input_tokens"] < 10_000  # the model saw a preview, not the input
+
+
+def test_failed_batch_slots_are_query_failed_instances():
+    def reply(messages, depth):
+        if depth == 0:
+            return repl("rs = llm_query_batched(['ok', 'bad'])\n"
+                        "FINAL([isinstance(r, QueryFailed) for r in rs])")
+        if messages[-1]["content"] == "bad":
+            raise BadResponseError("nope")
+        return "fine"
+
+    result = RLM(backend="scripted", backend_kwargs={"responses": reply}).completion("c")
+    assert result.response == "[false, true]"
+
+
+def test_an_environment_instance_serves_the_root_and_the_caller_closes_it():
+    from rlm.environments.local import LocalEnvironment
+
+    env = LocalEnvironment()
+    rlm = RLM(backend="scripted", environment=env,
+              backend_kwargs={"responses": [repl("kept = 1\nFINAL('a')"), repl("FINAL(kept)")]})
+    assert rlm.completion("c").response == "a"
+    assert rlm.completion("c").response == "1"  # same REPL: state kept, not closed
+    env.close()
+
+
+def test_a_bad_context_path_cleans_up_the_run(tmp_path):
+    rlm = RLM(backend="scripted", backend_kwargs={"responses": []}, max_timeout=60)
+    with pytest.raises(ConfigError):
+        rlm.completion("q", context=tmp_path / "missing.txt")
+    assert rlm.engine._active == set()
+
+
+def test_secrets_never_reach_the_trace_in_memory_or_on_disk(tmp_path):
+    from rlm.backends.scripted import ScriptedBackend
+
+    class KeyedBackend(ScriptedBackend):
+        def secrets(self):
+            return ["sk-test-SECRET-123"]
+
+    backend = KeyedBackend([repl("print('key is sk-test-SECRET-123')\nFINAL('x')")])
+    path = tmp_path / "t.jsonl"
+    result = RLM(backend=backend, trace_path=path).completion("c")
+    assert "sk-test-SECRET-123" not in path.read_text()
+    assert "[REDACTED]" in path.read_text()
+    assert "sk-test-SECRET-123" not in json.dumps(result.trace.to_dict())

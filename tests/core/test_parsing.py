@@ -59,3 +59,7 @@ def test_unbalanced_final_line_is_ignored():
 
 def test_strip_code_keeps_prose():
     assert strip_code("hello\n```repl\nx=1\n```\nbye").split() == ["hello", "bye"]
+
+
+def test_final_line_inside_a_non_code_fence_is_ignored():
+    assert find_final_line("Example:\n```text\nFINAL(42)\n```") is None

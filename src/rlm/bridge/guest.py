@@ -4,8 +4,10 @@ This file is the single implementation of ``llm_query``, ``rlm_query``, their ba
 ``FINAL``, ``FINAL_VAR``, ``SHOW_VARS`` and ``budget`` for every environment.  It uses only
 the standard library, so it can be shipped as a file into a subprocess or a sandbox.  It
 reaches the host through one function, ``call(message) -> reply`` (in-process for the
-local environment, a socket or an HTTP broker elsewhere); the messages are documented in
-``rlm.bridge.protocol``.
+local environment, a socket or an HTTP broker elsewhere).  Requests are
+``{"op": "llm_query" | "llm_query_batched" | "rlm_query" | "rlm_query_batched" | "budget",
+...}``; replies carry ``text``, ``results`` (one ``{text}`` or ``{error}`` per slot),
+``remaining``, or ``error: {type, message}`` (see ``rlm.bridge.handler.LMHandler.handle``).
 """
 
 from __future__ import annotations
@@ -311,7 +313,7 @@ class GuestRuntime:
             """List the variables defined in the REPL, with their types and sizes."""
             lines = []
             for name, value in self.namespace.items():
-                if name.startswith("_") or name in RESERVED_NAMES or name in self._tools:
+                if name.startswith("_") or name in self._helpers or name in self._tools:
                     continue
                 if isinstance(value, types.ModuleType):
                     continue
@@ -334,6 +336,7 @@ class GuestRuntime:
             "budget": budget,
             "LMQueryError": LMQueryError,
             "LimitReached": LimitReached,
+            "QueryFailed": QueryFailed,
         }
 
     def set_variable(self, name: str, value: Any) -> None:

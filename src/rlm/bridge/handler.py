@@ -89,7 +89,9 @@ class LMHandler:
             "call_depth": request.depth,
             "latency_s": time.monotonic() - started,
         }
-        if purpose != "turn":  # a turn's prompt is the node's history: logged once, as it grows
+        # A turn's prompt is the node's history: its parts are already in the trace (the
+        # replies here, the outputs in code_exec), so it is not repeated on every call.
+        if purpose != "turn":
             data["prompt"] = request.messages[-1]["content"] if request.messages else ""
         if completion is not None:
             data.update(response=completion.text, input_tokens=completion.input_tokens,

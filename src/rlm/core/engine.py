@@ -81,7 +81,7 @@ class _Tree:
         self.engine = engine
         self.budget = Budget(engine.limits)
         self.memory = MemorySink()
-        self.tracer = Tracer(MultiSink(self.memory, sink))
+        self.tracer = Tracer(MultiSink(self.memory, sink), secrets=engine.router.secrets())
         self.handler = LMHandler(
             engine.router, self.budget, self.tracer, spawn_child=self.spawn_child,
             max_concurrency=engine.config.max_concurrency,
@@ -223,38 +223,39 @@ class Engine:
             for budget in self._active:
                 budget.cancel()
 
-    def _begin(self, question: str | None, context: Any, sink: TraceSink,
-               session: Session | None, root_environment: Environment | None
-               ) -> tuple[_Tree, NodeRef, Environment, list[Message]]:
+    def _begin(self, sink: TraceSink, session: Session | None,
+               root_environment: Environment | None
+               ) -> tuple[_Tree, NodeRef, Environment, HostCall, bool]:
         tree = _Tree(self, sink)
         with self._active_lock:
             self._active.add(tree.budget)
         root = NodeRef(_new_id(), None, 0)
         if session is not None:
-            env = session.environment
             session._target = lambda message: tree.handler.handle(message, root)
-            call: HostCall = session.dispatch
-        else:
-            env = root_environment or self.environment_factory()
-            call = lambda message: tree.handler.handle(message, root)  # noqa: E731
-        messages = tree.open_node(root, question, context, env, call, session)
-        return tree, root, env, messages
+            return tree, root, session.environment, session.dispatch, False
+        env = root_environment or self.environment_factory()
+        return (tree, root, env, lambda message: tree.handler.handle(message, root),
+                root_environment is None)
 
     def _finish(self, tree: _Tree, root: NodeRef, env: Environment, session: Session | None,
-                outcome: Outcome | None, error: BaseException | None, started: float,
-                trace_path: str | None, question: str | None, owned: bool) -> RLMResult | None:
+                owned: bool, outcome: Outcome | None, error: BaseException | None,
+                started: float, trace_path: str | None, question: str | None
+                ) -> RLMResult | None:
+        """Wind the run down whatever happened; return its result (None when it raised)."""
         with self._active_lock:
             self._active.discard(tree.budget)
         tree.budget.close()
         # Whatever is still running belongs to a finished run: stop it and let it wind down.
         tree.budget.cancel_event.set()
         tree.handler.drain(timeout_s=5.0)
-        if session is None and owned:
-            env.close()
-        else:
+        if session is not None:
             session._target = None
+        elif owned:
+            env.close()
         tree.close_node(root, outcome, error, started)
         if outcome is None:
+            if isinstance(error, RLMError):
+                self._attach_partial(error, tree, root, started, trace_path)
             return None
         if session is not None:
             session.history.append({"question": question or "", "answer": outcome.response})
@@ -271,17 +272,18 @@ class Engine:
         environment raises, with the result so far in ``exc.partial``.
         """
         started = time.monotonic()
-        owned = root_environment is None
-        tree, root, env, messages = self._begin(question, context, sink, session,
-                                                root_environment)
+        tree, root, env, call, owned = self._begin(sink, session, root_environment)
+        outcome: Outcome | None = None
+        error: BaseException | None = None
         try:
+            messages = tree.open_node(root, question, context, env, call, session)
             outcome = tree.run_sync(root, messages, env)
         except BaseException as exc:
-            self._finish(tree, root, env, session, None, exc, started, trace_path, question, owned)
-            self._attach_partial(exc, tree, root, started, trace_path)
+            error = exc
             raise
-        result = self._finish(tree, root, env, session, outcome, None, started, trace_path,
-                              question, owned)
+        finally:
+            result = self._finish(tree, root, env, session, owned, outcome, error, started,
+                                  trace_path, question)
         assert result is not None
         return result
 
@@ -290,18 +292,20 @@ class Engine:
                    root_environment: Environment | None = None) -> RLMResult:
         """The async twin of ``run``; cancelling the task cancels the whole tree."""
         started = time.monotonic()
-        owned = root_environment is None
-        tree, root, env, messages = await asyncio.to_thread(
-            self._begin, question, context, sink, session, root_environment)
+        tree, root, env, call, owned = self._begin(sink, session, root_environment)
+        outcome: Outcome | None = None
+        error: BaseException | None = None
         try:
+            messages = await asyncio.to_thread(tree.open_node, root, question, context, env,
+                                               call, session)
             outcome = await tree.run_async(root, messages, env)
         except BaseException as exc:
+            error = exc
             tree.budget.cancel()
-            self._finish(tree, root, env, session, None, exc, started, trace_path, question, owned)
-            self._attach_partial(exc, tree, root, started, trace_path)
             raise
-        result = self._finish(tree, root, env, session, outcome, None, started, trace_path,
-                              question, owned)
+        finally:
+            result = await asyncio.to_thread(self._finish, tree, root, env, session, owned,
+                                             outcome, error, started, trace_path, question)
         assert result is not None
         return result
 
@@ -317,5 +321,5 @@ class Engine:
                     "response"):
                 prose = event.data["response"]
                 break
-        outcome = Outcome(prose, "errors", root.iteration, None)
+        outcome = Outcome(prose, "error", root.iteration, None)
         exc.partial = tree.result(root, outcome, started, trace_path)

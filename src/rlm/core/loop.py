@@ -45,6 +45,9 @@ class ResolveFinal:
 
 Step = CallLM | RunCode | ResolveFinal
 
+#: Code output kept in a trace event (head and tail), so huge prints do not bloat traces.
+TRACE_OUTPUT_CHARS = 100_000
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -117,14 +120,14 @@ class Loop:
             for block in blocks:
                 result: ExecResult = yield RunCode(block.code)
                 results.append((block.code, result))
-                self.tracer.emit("code_exec", self.node, code=block.code, **result.to_dict())
+                self._trace_exec(block.code, result)
                 if result.error:
                     self.budget.count_error()
                 if result.final is not None:
                     answer = result.final
                     break
             if answer is None:
-                answer = yield from self._final_outside_code(reply, blocks, results)
+                answer = yield from self._final_outside_code(reply, results)
             if answer is not None:
                 break
             feedback = prompts.turn_feedback(
@@ -142,17 +145,22 @@ class Loop:
         return Outcome(answer.text, stop if answer.source == "extract" else "final",
                        iterations, answer.source)
 
-    def _final_outside_code(self, reply: str, blocks: list[Any],
-                            results: list[tuple[str, ExecResult]]
+    def _trace_exec(self, code: str, result: ExecResult) -> None:
+        data = result.to_dict()
+        limit = max(TRACE_OUTPUT_CHARS, self.config.max_output_chars)
+        data["stdout"] = prompts.truncate(data["stdout"], limit)
+        data["stderr"] = prompts.truncate(data["stderr"], limit)
+        self.tracer.emit("code_exec", self.node, code=code, **data)
+
+    def _final_outside_code(self, reply: str, results: list[tuple[str, ExecResult]]
                             ) -> Generator[Step, Any, Answer | None]:
-        found = find_final_line(reply, blocks)
+        found = find_final_line(reply)
         if found is None:
             return None
         kind, inner = found
         if kind == "FINAL_VAR":
             result: ExecResult = yield RunCode(f"FINAL_VAR({inner})")
-            self.tracer.emit("code_exec", self.node, code=f"FINAL_VAR({inner})",
-                             **result.to_dict())
+            self._trace_exec(f"FINAL_VAR({inner})", result)
             if result.final is None:
                 results.append((f"FINAL_VAR({inner})", result))
                 return None

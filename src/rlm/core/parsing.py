@@ -33,6 +33,11 @@ def _compiles(code: str) -> bool:
     return True
 
 
+def _fences(text: str) -> list[CodeBlock]:
+    """Every fenced block, whatever its language."""
+    return _scan(text, keep_all=True)
+
+
 def find_code_blocks(text: str) -> list[CodeBlock]:
     """Every fenced block whose language is in ``CODE_LANGUAGES``, in order.
 
@@ -41,6 +46,10 @@ def find_code_blocks(text: str) -> list[CodeBlock]:
     chosen, so a fence inside a string literal does not cut the block short.  An
     unlabelled block is kept only when it parses as Python.
     """
+    return _scan(text, keep_all=False)
+
+
+def _scan(text: str, *, keep_all: bool) -> list[CodeBlock]:
     lines = text.split("\n")
     blocks: list[CodeBlock] = []
     i = 0
@@ -60,7 +69,7 @@ def find_code_blocks(text: str) -> list[CodeBlock]:
             closers = [len(lines)]
         end = next((j for j in closers if _compiles("\n".join(lines[i + 1:j]))), closers[0])
         code = "\n".join(lines[i + 1:end])
-        if lang in CODE_LANGUAGES and (lang or _compiles(code)) and code.strip():
+        if keep_all or (lang in CODE_LANGUAGES and (lang or _compiles(code)) and code.strip()):
             blocks.append(CodeBlock(lang, code, i, end))
         i = end + 1
     return blocks
@@ -74,14 +83,15 @@ def strip_code(text: str, blocks: list[CodeBlock] | None = None) -> str:
     return "\n".join(line for n, line in enumerate(lines) if n not in skip)
 
 
-def find_final_line(text: str, blocks: list[CodeBlock] | None = None) -> tuple[str, str] | None:
+def find_final_line(text: str) -> tuple[str, str] | None:
     """A ``FINAL(...)`` or ``FINAL_VAR(...)`` standing alone on a line outside code.
 
-    Returns ``(kind, inner_text)`` or ``None``.  Only a line that is nothing but the call
-    counts, and the parentheses must balance, so prose that mentions the protocol
-    ("I will call FINAL(answer) once I know it") never fires.
+    Returns ``(kind, inner_text)`` or ``None``.  Lines inside any fenced block (code or
+    not) are ignored; only a line that is nothing but the call counts, and the parentheses
+    must balance, so prose that mentions the protocol ("I will call FINAL(answer) once I
+    know it") never fires.
     """
-    prose = strip_code(text, blocks)
+    prose = strip_code(text, _fences(text))
     found = None
     for line in prose.split("\n"):
         match = _FINAL_LINE.match(line)

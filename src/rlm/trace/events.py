@@ -12,10 +12,10 @@ EVENT_TYPES = (
     "run_start",   # a node (the root or a child RLM) starts: question, context shape, limits
     "lm_call",     # one LM call: purpose, model, tokens, cost, latency, response text
     "code_exec",   # one code block ran: code, stdout, stderr, error, final
-    "subcall_start",  # code asked for llm_query / rlm_query (batched or not)
-    "subcall_end",    # ... and got its answers back
+    "subcall_start",  # code started a batched llm_query / rlm_query
+    "subcall_end",    # ... and got every slot back (count, failed, elapsed_s)
     "final",       # the node's answer and stop reason
-    "run_end",     # the node ends: usage and cost of its subtree
+    "run_end",     # the node ends: elapsed_s, iterations, error (usage: rebuild the tree)
 )
 
 

@@ -8,17 +8,21 @@ import time
 from typing import Any
 
 from rlm.trace.events import TraceEvent
-from rlm.trace.sinks import TraceSink
+from rlm.trace.sinks import TraceSink, redact
 from rlm.types import NodeRef
 
 __all__ = ["Tracer"]
 
 
 class Tracer:
-    """Shared by a whole call tree: numbers events in the order they happen."""
+    """Shared by a whole call tree: numbers events in the order they happen.
 
-    def __init__(self, sink: TraceSink) -> None:
+    ``secrets`` are replaced by ``[REDACTED]`` in every event, in memory and on disk.
+    """
+
+    def __init__(self, sink: TraceSink, *, secrets: list[str] | None = None) -> None:
         self.sink = sink
+        self.secrets = [s for s in (secrets or []) if s]
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -32,7 +36,7 @@ class Tracer:
                 iteration=node.iteration,
                 seq=next(self._seq),
                 ts=time.time(),
-                data=data,
+                data=redact(data, self.secrets) if self.secrets else data,
             )
             self.sink.emit(event)
         return event
