@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _BACKENDS: dict[str, Any] = {
+    "local": "rlm.backends.local:LocalBackend",
     "openai": "rlm.backends.openai_compat:OpenAIBackend",
     "scripted": "rlm.backends.scripted:ScriptedBackend",
 }

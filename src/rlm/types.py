@@ -46,7 +46,10 @@ class CompletionRequest:
 
     ``depth`` is the depth of the call in the RLM tree (0 for the root's own turns);
     ``timeout_s`` is what is left of the run's time limit; ``cancel`` is set when the tree
-    is stopping, so backends that can abort early should watch it.
+    is stopping, so backends that can abort early should watch it.  ``purpose`` is
+    ``"turn"`` (a node's next REPL reply), ``"extract"`` (the last-resort answer) or
+    ``"query"`` (a one-shot sub-call); ``cache_key`` names the conversation a turn belongs
+    to, so a backend can keep that conversation's prefix cached.
     """
 
     messages: list[Message]
@@ -58,6 +61,8 @@ class CompletionRequest:
     timeout_s: float | None = None
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)
     grammar: str | None = None
+    purpose: str = "query"
+    cache_key: str | None = None
 
     @property
     def prompt_chars(self) -> int:

@@ -29,6 +29,8 @@ class LMBackend(ABC):
     name: ClassVar[str] = "base"
     #: Environment variable holding the API key, for backends that need one.
     key_env_var: ClassVar[str | None] = None
+    #: Which wording of the prompts suits this model (``rlm.core.prompts.PROFILES``).
+    prompt_profile: ClassVar[str] = "default"
 
     model_name: str = "unknown"
 

@@ -133,10 +133,12 @@ class _StreamProxy(io.TextIOBase):
         self._which = which
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         buffers = _current.get()
         if buffers is None:
             return self._fallback.write(text)
-        buffers[self._which].write(str(text))
+        buffers[self._which].write(text)
         return len(text)
 
     def flush(self) -> None:
@@ -144,7 +146,9 @@ class _StreamProxy(io.TextIOBase):
             self._fallback.flush()
 
     def isatty(self) -> bool:
-        return False
+        if _current.get() is not None:
+            return False
+        return bool(getattr(self._fallback, "isatty", lambda: False)())
 
     def fileno(self) -> int:
         return self._fallback.fileno()

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlm.bridge.handler import LMHandler
@@ -110,7 +110,8 @@ class _Tree:
         )
         system = prompts.system_prompt(depth=node.depth, max_depth=self.engine.limits.max_depth,
                                        tools=cfg.tools, chunk_chars=cfg.chunk_chars,
-                                       template=cfg.system_prompt)
+                                       template=cfg.system_prompt,
+                                       style=self.style(node))
         user = prompts.first_user_message(question, describe_context(value),
                                           session_turn=session.turn if session else 0,
                                           session_names=names)
@@ -127,8 +128,15 @@ class _Tree:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
         self.tracer.emit("run_end", node, **data)
 
+    def style(self, node: NodeRef) -> str:
+        return self.engine.router.for_depth(node.depth).prompt_profile
+
+    def loop(self, node: NodeRef, messages: list[Message]) -> Loop:
+        config = replace(self.engine.config.loop, prompt_style=self.style(node))
+        return Loop(node, self.budget, messages, config, self.tracer)
+
     def run_sync(self, node: NodeRef, messages: list[Message], env: Environment) -> Outcome:
-        loop = Loop(node, self.budget, messages, self.engine.config.loop, self.tracer)
+        loop = self.loop(node, messages)
         steps = loop.steps()
         value: Any = None
         thrown: BaseException | None = None
@@ -152,7 +160,7 @@ class _Tree:
 
     async def run_async(self, node: NodeRef, messages: list[Message],
                         env: Environment) -> Outcome:
-        loop = Loop(node, self.budget, messages, self.engine.config.loop, self.tracer)
+        loop = self.loop(node, messages)
         steps: Generator[Step, Any, Outcome] = loop.steps()
         value: Any = None
         thrown: BaseException | None = None

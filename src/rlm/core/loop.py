@@ -58,6 +58,7 @@ class LoopConfig:
     temperature: float | None = None
     max_output_tokens: int | None = None
     grammar: str | None = None
+    prompt_style: str = "default"
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,12 @@ class Loop:
         self.config = config
         self.tracer = tracer
 
-    def _request(self) -> CompletionRequest:
+    def _request(self, purpose: str = "turn") -> CompletionRequest:
         return CompletionRequest(
             messages=list(self.messages), depth=self.node.depth,
             temperature=self.config.temperature,
             max_output_tokens=self.config.max_output_tokens, grammar=self.config.grammar,
+            purpose=purpose, cache_key=self.node.run_id,
         )
 
     def steps(self) -> Generator[Step, Any, Outcome]:
@@ -133,6 +135,7 @@ class Loop:
             feedback = prompts.turn_feedback(
                 results, iteration=iterations, max_output_chars=self.config.max_output_chars,
                 iterations_left=self.budget.remaining()["iterations_left"],
+                style=self.config.prompt_style,
             ) if results else prompts.NO_CODE_FEEDBACK
             self.messages.append({"role": "user", "content": feedback})
             if self.budget.tripped is not None:
@@ -171,7 +174,7 @@ class Loop:
     def _extract(self) -> Generator[Step, Any, Answer | None]:
         self.messages.append({"role": "user", "content": prompts.extract_prompt()})
         try:
-            completion: Completion = yield CallLM(self._request(), purpose="extract")
+            completion: Completion = yield CallLM(self._request("extract"), purpose="extract")
         except (LimitExceeded, Cancelled):
             return None
         text = strip_code(completion.text).strip() or completion.text.strip()

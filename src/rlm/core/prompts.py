@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rlm.types import ExecResult
 
 __all__ = [
     "NO_CODE_FEEDBACK",
+    "PROFILES",
+    "PromptProfile",
     "extract_prompt",
     "first_user_message",
+    "profile",
     "system_prompt",
     "truncate",
     "turn_feedback",
@@ -43,6 +47,30 @@ when you must understand text.
 - When you know the answer, call FINAL(answer) in a block. Do not guess: verify with code.
 {depth_note}"""
 
+SMALL_SYSTEM_PROMPT = """\
+You answer a question about a long text. The text is in the Python variable `context` \
+(you cannot see it). Write Python code to search it. Reply with ONE ```python block and \
+nothing else. I run it and show you what it printed. When the printed output shows the \
+answer, reply with a block that calls FINAL(answer).
+
+Example.
+Question: What port does the payments service use?
+```python
+import re
+for line in context.split("\\n"):
+    if "payments" in line.lower() and "port" in line.lower():
+        print(line)
+```
+Output: 2024-03-01 payments service listening on port 8443
+```python
+FINAL("8443")
+```
+
+Rules: search with keywords from the question; print only matching lines, never the \
+whole context; never assign to `context`. `llm_query(text)` asks a helper model about \
+a text you pass to it (it sees nothing else).
+{tools}"""
+
 SESSION_NOTE = """\
 This is turn {turn} of a conversation. Earlier inputs are still in the REPL as {names}, \
 and `history` is a list of {{"question", "answer"}} of earlier turns.
@@ -68,6 +96,39 @@ def _tools_text(tools: Mapping[str, Callable[..., Any]]) -> str:
     return "Tools:\n" + "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class PromptProfile:
+    """The wording used for one kind of model.
+
+    ``default`` suits capable hosted models; ``small`` is for the embedded models of a few
+    billion parameters: a shorter prompt with a worked example, and short outputs (every
+    token of history costs prompt-processing time on a CPU).
+    """
+
+    name: str
+    system: str
+    continue_text: str
+    max_output_chars: int | None = None
+
+
+PROFILES = {
+    "default": PromptProfile(
+        "default", SYSTEM_PROMPT,
+        "Continue{left}. When you know the answer, call FINAL(answer) in a block.",
+    ),
+    "small": PromptProfile(
+        "small", SMALL_SYSTEM_PROMPT,
+        "If this output shows the answer, reply with a block calling FINAL(answer). "
+        "Otherwise write a new block that searches differently{left}.",
+        max_output_chars=2_000,
+    ),
+}
+
+
+def profile(name: str) -> PromptProfile:
+    return PROFILES.get(name, PROFILES["default"])
+
+
 def system_prompt(
     *,
     depth: int,
@@ -75,13 +136,14 @@ def system_prompt(
     tools: Mapping[str, Callable[..., Any]] | None = None,
     chunk_chars: int = 50_000,
     template: str | None = None,
+    style: str = "default",
 ) -> str:
-    """The system prompt for a node at ``depth`` (``template`` replaces the default)."""
+    """The system prompt for a node at ``depth`` (``template`` replaces the profile's)."""
     can_recurse = depth + 1 < max_depth
     depth_note = "" if can_recurse else (
         "Here rlm_query is a plain model call (maximum depth reached).\n"
     )
-    return (template or SYSTEM_PROMPT).format(
+    return (template or profile(style).system).format(
         tools=_tools_text(tools or {}), chunk_chars=f"{chunk_chars:,}", depth_note=depth_note
     )
 
@@ -118,8 +180,12 @@ def truncate(text: str, limit: int) -> str:
 
 
 def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
-                  max_output_chars: int, iterations_left: int | None = None) -> str:
+                  max_output_chars: int, iterations_left: int | None = None,
+                  style: str = "default") -> str:
     """The user message that reports what the reply's code blocks printed."""
+    chosen = profile(style)
+    if chosen.max_output_chars is not None:
+        max_output_chars = min(max_output_chars, chosen.max_output_chars)
     parts = []
     for number, (_code, result) in enumerate(results, 1):
         out = result.stdout
@@ -132,7 +198,7 @@ def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
         notes = "".join(f"\n[note] {n}" for n in result.notes)
         parts.append(f"{label}:\n{out}{notes}")
     left = "" if iterations_left is None else f" ({iterations_left} turns left)"
-    parts.append(f"Continue{left}. When you know the answer, call FINAL(answer) in a block.")
+    parts.append(chosen.continue_text.format(left=left))
     return "\n\n".join(parts)
 
 

@@ -1,0 +1,181 @@
+"""``rlm run``: build an ``RLM`` from flags, answer one question, print only the answer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+import rlm.cli
+from rlm.api import RLM
+from rlm.config import user_dir
+from rlm.errors import Cancelled, ConfigError, LimitExceeded
+from rlm.types import RLMResult
+
+__all__ = ["run"]
+
+
+def _read_script(path: Path) -> list[str]:
+    try:
+        replies = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"script file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read script file {path}: {exc}") from None
+    if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
+        raise ConfigError(f"script file {path} must hold a JSON list of reply strings")
+    return replies
+
+
+def _context(spec: str | None) -> Any:
+    """``None``: no separate input; ``-``: stdin; else a file or folder ``Path``."""
+    if spec is None:
+        return None
+    if spec == "-":
+        return sys.stdin.read()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(f"context file not found: {spec}")
+    return path
+
+
+def _build(options: dict[str, Any]) -> RLM:
+    script: Path | None = options["script"]
+    backend = options["backend"] or ("scripted" if script else rlm.cli.DEFAULT_BACKEND)
+    backend_kwargs: dict[str, Any] = {}
+    if options["model"]:
+        backend_kwargs["model"] = options["model"]
+    if options["base_url"]:
+        backend_kwargs["base_url"] = options["base_url"]
+    if script is not None:
+        if backend != "scripted":
+            raise ConfigError("--script needs the scripted backend (-b scripted)")
+        backend_kwargs["responses"] = _read_script(script)
+    kwargs: dict[str, Any] = {
+        name: options[name]
+        for name in ("max_depth", "max_iterations", "max_budget", "max_timeout", "max_tokens",
+                     "max_errors")
+        if options[name] is not None
+    }
+    if options["env"]:
+        kwargs["environment"] = options["env"]
+    if options["sub_backend"] or options["sub_model"]:
+        kwargs["sub_backend"] = options["sub_backend"] or backend
+        sub_kwargs: dict[str, Any] = {}
+        if options["sub_model"]:
+            sub_kwargs["model"] = options["sub_model"]
+        if options["base_url"] and not options["sub_backend"]:
+            sub_kwargs["base_url"] = options["base_url"]
+        kwargs["sub_backend_kwargs"] = sub_kwargs
+    if options["trace"] is not None and options["no_trace"]:
+        raise ConfigError("give --trace PATH or --no-trace, not both")
+    if options["trace"] is not None:
+        kwargs["trace_path"] = options["trace"]
+    elif not options["no_trace"]:
+        kwargs["trace_dir"] = user_dir() / "traces"
+    return RLM(backend, backend_kwargs, verbose=options["verbose"], **kwargs)
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint(model: RLM) -> Iterator[None]:
+    """First Ctrl-C cancels the run (it returns its partial answer); the second aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first_press(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Straight to fd 2: the handler may run inside a REPL cell, where sys.stderr is the
+        # cell's capture proxy (and click would cache a wrapper around it).
+        with contextlib.suppress(OSError):
+            os.write(2, b"rlm: cancelling; press Ctrl-C again to abort\n")
+        model.cancel()
+
+    previous = signal.signal(signal.SIGINT, first_press)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)
+
+
+def _summary(result: RLMResult) -> str:
+    calls = sum(u.calls for u in result.usage.values())
+    return (f"rlm: {result.stop_reason} · "
+            f"{result.iterations} iteration{'' if result.iterations == 1 else 's'} · "
+            f"{calls} LM call{'' if calls == 1 else 's'} · "
+            f"{result.input_tokens:,} in / {result.output_tokens:,} out tokens · "
+            f"${result.cost_usd:.4f} · {result.elapsed_s:.1f}s")
+
+
+def _exit_code(stop_reason: str) -> int:
+    if stop_reason == "final":
+        return 0
+    return Cancelled.exit_code if stop_reason == "cancelled" else LimitExceeded.exit_code
+
+
+@click.command()
+@click.argument("question")
+@click.option("--context", "context", metavar="PATH|-",
+              help="The input: a file, a folder, or - for stdin. Without it, QUESTION is "
+                   "the input.")
+@click.option("-b", "--backend", metavar="NAME", help="Backend name (see `rlm backends`).")
+@click.option("-m", "--model", metavar="NAME", help="Model name for the backend.")
+@click.option("--base-url", metavar="URL", help="API base URL (OpenAI-compatible servers).")
+@click.option("-e", "--env", metavar="NAME", help="Environment name (see `rlm envs`).")
+@click.option("--max-depth", type=int, metavar="N",
+              help="Depth limit; child RLMs run while depth < N (default 1: none).")
+@click.option("--max-iterations", type=int, metavar="N", help="REPL turns for the whole tree.")
+@click.option("--max-budget", type=float, metavar="USD", help="Spending limit in USD.")
+@click.option("--max-timeout", type=float, metavar="S", help="Time limit in seconds.")
+@click.option("--max-tokens", type=int, metavar="N", help="Input + output token limit.")
+@click.option("--max-errors", type=int, metavar="N", help="Failed code blocks allowed.")
+@click.option("--sub-backend", metavar="NAME",
+              help="Backend for sub-calls (default: the root backend).")
+@click.option("--sub-model", metavar="NAME", help="Model for sub-calls.")
+@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PATH", help="Append the trace to this JSONL file.")
+@click.option("--no-trace", is_flag=True, help="Write no trace file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Draw the live call tree on stderr.")
+@click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="JSON list of replies for the scripted backend (offline runs).")
+def run(question: str, context: str | None, as_json: bool, **options: Any) -> None:
+    """Answer QUESTION, over the --context input when given.
+
+    Stdout carries only the answer (or one JSON object with --json); progress, usage and
+    the trace path go to stderr.  Exit status: 0 answered, 3 stopped by a limit (the
+    partial answer is still printed), 130 cancelled, 2 bad arguments, 1 other errors.
+    """
+    data = _context(context)
+    with _build(options) as model:
+        if not options["verbose"]:
+            root = model.router.for_depth(0)
+            parts = [f"backend={root.name}", f"model={root.model_name}",
+                     f"env={options['env'] or 'local'}"]
+            if model.router.sub is not None:
+                parts.append(f"sub={model.router.sub.name}:{model.router.sub.model_name}")
+            click.echo("rlm: " + " ".join(parts), err=True)
+        with _cancel_on_sigint(model):
+            result = (model.completion(question) if data is None
+                      else model.completion(question, context=data))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+    else:
+        click.echo(result.response)
+    click.echo(_summary(result), err=True)
+    if result.trace_path:
+        click.echo(f"rlm: trace written to {result.trace_path}", err=True)
+    code = _exit_code(result.stop_reason)
+    if code:
+        click.echo(f"rlm: stopped early ({result.stop_reason}); the answer may be partial",
+                   err=True)
+        raise click.exceptions.Exit(code)
