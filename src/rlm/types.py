@@ -71,7 +71,11 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Completion:
-    """What a backend returns: the text, token counts and cost (``None`` when unknown)."""
+    """What a backend returns: the text, token counts and cost (``None`` when unknown).
+
+    ``cached_input_tokens`` is the part of ``input_tokens`` served from a prefix cache
+    (not processed again), when the backend knows it.
+    """
 
     text: str
     model: str
@@ -79,6 +83,7 @@ class Completion:
     output_tokens: int = 0
     cost_usd: float | None = None
     latency_s: float = 0.0
+    cached_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

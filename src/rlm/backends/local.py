@@ -157,6 +157,12 @@ class LocalBackend(LMBackend):
                     f"the prompt ({len(tokens)} tokens) does not fit the local model's "
                     f"window of {self.n_ctx} tokens"
                 )
+            cached = 0
+            if llm.n_tokens > 0:
+                for seen, new in zip(llm._input_ids[: llm.n_tokens], tokens, strict=False):
+                    if seen != new:
+                        break
+                    cached += 1
             stop = ["```"] if prefix else (request.stop or [])
             output = llm.create_completion(
                 tokens, max_tokens=min(budget, room), temperature=(
@@ -173,6 +179,7 @@ class LocalBackend(LMBackend):
             input_tokens=int(usage.get("prompt_tokens", len(tokens))),
             output_tokens=int(usage.get("completion_tokens", 0)),
             cost_usd=0.0, latency_s=time.monotonic() - started,
+            cached_input_tokens=min(cached, len(tokens)),
         )
 
     @staticmethod

@@ -95,7 +95,8 @@ class LMHandler:
             data["prompt"] = request.messages[-1]["content"] if request.messages else ""
         if completion is not None:
             data.update(response=completion.text, input_tokens=completion.input_tokens,
-                        output_tokens=completion.output_tokens, cost_usd=completion.cost_usd)
+                        output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
+                        cached_input_tokens=completion.cached_input_tokens)
         if error is not None:
             data["error"] = _error(error)
             data.update(input_tokens=0, output_tokens=0, cost_usd=0.0)

@@ -19,7 +19,7 @@ from rlm.errors import RLMError
 __all__ = ["DEFAULT_BACKEND", "cli", "main"]
 
 #: The backend ``rlm run`` uses when ``-b`` is not given.  Change it here only.
-DEFAULT_BACKEND = "openai"
+DEFAULT_BACKEND = "local"
 
 
 def _debug() -> bool:
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Imported last: the commands read DEFAULT_BACKEND from this module.
+from rlm.cli.demo import demo  # noqa: E402
 from rlm.cli.listing import backends, envs, trace  # noqa: E402
 from rlm.cli.run import run  # noqa: E402
 
-for _command in (run, backends, envs, trace):
+for _command in (run, demo, backends, envs, trace):
     cli.add_command(_command)

@@ -20,7 +20,7 @@ from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded
 from rlm.types import RLMResult
 
-__all__ = ["run"]
+__all__ = ["execute", "run"]
 
 
 def _read_script(path: Path) -> list[str]:
@@ -155,10 +155,24 @@ def run(question: str, context: str | None, as_json: bool, **options: Any) -> No
     the trace path go to stderr.  Exit status: 0 answered, 3 stopped by a limit (the
     partial answer is still printed), 130 cancelled, 2 bad arguments, 1 other errors.
     """
-    data = _context(context)
+    result = execute(question, _context(context), options, as_json=as_json)
+    code = _exit_code(result.stop_reason)
+    if code:
+        click.echo(f"rlm: stopped early ({result.stop_reason}); the answer may be partial",
+                   err=True)
+        raise click.exceptions.Exit(code)
+
+
+def execute(question: str, data: Any, options: dict[str, Any], *, as_json: bool = False
+            ) -> RLMResult:
+    """Build the RLM from ``options``, run it, print the answer and the summary."""
     with _build(options) as model:
+        root = model.router.for_depth(0)
+        if root.name == "local":
+            click.echo(f"rlm: running the embedded model {root.model_name} offline "
+                       "(llama.cpp on this CPU); use -b openai -m MODEL for a remote model",
+                       err=True)
         if not options["verbose"]:
-            root = model.router.for_depth(0)
             parts = [f"backend={root.name}", f"model={root.model_name}",
                      f"env={options['env'] or 'local'}"]
             if model.router.sub is not None:
@@ -174,8 +188,4 @@ def run(question: str, context: str | None, as_json: bool, **options: Any) -> No
     click.echo(_summary(result), err=True)
     if result.trace_path:
         click.echo(f"rlm: trace written to {result.trace_path}", err=True)
-    code = _exit_code(result.stop_reason)
-    if code:
-        click.echo(f"rlm: stopped early ({result.stop_reason}); the answer may be partial",
-                   err=True)
-        raise click.exceptions.Exit(code)
+    return result
