@@ -8,6 +8,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,local,server]'
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/python -m pytest "$@"
