@@ -99,3 +99,10 @@ def test_the_assembled_model_is_found_again_without_work(local_model_path):
     before = local_model_path.stat().st_mtime_ns
     assert local_models.ensure_model(DEFAULT_MODEL) == local_model_path
     assert local_model_path.stat().st_mtime_ns == before  # not written again
+
+
+def test_a_grammar_constrains_the_output(local_backend):
+    request = CompletionRequest(
+        messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+        grammar='root ::= "yes" | "no"', max_output_tokens=4)
+    assert local_backend.complete(request).text in ("yes", "no")

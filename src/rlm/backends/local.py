@@ -169,6 +169,7 @@ class LocalBackend(LMBackend):
                     self.temperature if request.temperature is None else request.temperature),
                 repeat_penalty=self.repeat_penalty, stop=stop, seed=self.seed,
                 stopping_criteria=self._cancel_criteria(request),
+                grammar=self._grammar(request.grammar),
             )
         text = output["choices"][0]["text"]
         if prefix:
@@ -181,6 +182,18 @@ class LocalBackend(LMBackend):
             cost_usd=0.0, latency_s=time.monotonic() - started,
             cached_input_tokens=min(cached, len(tokens)),
         )
+
+    @staticmethod
+    def _grammar(source: str | None) -> Any:
+        """A GBNF grammar constraining the output, when the request carries one."""
+        if not source:
+            return None
+        from llama_cpp import LlamaGrammar
+
+        try:
+            return LlamaGrammar.from_string(source, verbose=False)
+        except ValueError as exc:
+            raise ConfigError(f"invalid GBNF grammar: {exc}") from exc
 
     @staticmethod
     def _cancel_criteria(request: CompletionRequest) -> Any:
