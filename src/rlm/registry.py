@@ -37,6 +37,7 @@ _BACKENDS: dict[str, Any] = {
 }
 _ENVIRONMENTS: dict[str, Any] = {
     "local": "rlm.environments.local:LocalEnvironment",
+    "subprocess": "rlm.environments.process:SubprocessEnvironment",
 }
 #: The extra that provides a built-in whose import fails.
 _EXTRAS: dict[str, str] = {}

@@ -40,8 +40,8 @@ def test_turns_reuse_their_prefix_even_after_sub_calls(local_backend):
                                                      cache_key="root", max_output_tokens=40))
     local_backend.complete(CompletionRequest(
         messages=[{"role": "user", "content": "Say hello."}], max_output_tokens=8))
-    follow = messages + [{"role": "assistant", "content": first.text},
-                         {"role": "user", "content": "Now print 4."}]
+    follow = [*messages, {"role": "assistant", "content": first.text},
+              {"role": "user", "content": "Now print 4."}]
     second = local_backend.complete(CompletionRequest(messages=follow, purpose="turn",
                                                       cache_key="root", max_output_tokens=40))
     assert second.cached_input_tokens >= first.input_tokens - 2

@@ -34,6 +34,8 @@ class Environment(ABC):
 
     name: ClassVar[str] = "base"
     supports_persistence: ClassVar[bool] = True
+    #: Whether ``execute(timeout_s=...)`` / a per-block limit can stop a runaway block.
+    supports_timeout: ClassVar[bool] = False
     isolation: ClassVar[str] = "nothing"
 
     @abstractmethod

@@ -1,0 +1,116 @@
+"""The REPL process: runs ``guest.GuestRuntime`` driven by frames on stdin/stdout.
+
+Started by a process-based environment (``python runner.py``).  The control channel is
+private copies of fd 0 and 1; the real fd 0 then reads /dev/null and fd 1 writes to
+stderr, so nothing model code prints (even from C code or child processes) can corrupt the
+protocol.  LM requests go to the host's ``LMServer`` on a new connection each, carrying
+the token from the ``init`` message.  Standard library only; shipped as a file.
+
+Control messages (host -> runner): ``init {lm_address, token}``, ``set_var {name, file,
+format}``, ``exec {code}``, ``final_text {expression}``, ``shutdown``.  Replies: ``ready``,
+``ok``, ``result {stdout, stderr, error, final, elapsed_s, notes}``, ``value {text}``,
+``error {message}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+try:  # inside the package
+    from rlm.bridge import guest, protocol
+except ImportError:  # shipped as plain files next to this one
+    import guest  # type: ignore[no-redef]
+    import protocol  # type: ignore[no-redef]
+
+
+def _load(path: str, fmt: str) -> Any:
+    if fmt == "text":
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    if fmt == "bytes":
+        with open(path, "rb") as handle:
+            return handle.read()
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _lm_caller(address: Any, token: str) -> guest.Call:
+    target = address if isinstance(address, str) else (address[0], int(address[1]))
+
+    def call(message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return protocol.request(target, {**message, "token": token})
+        except (OSError, EOFError, protocol.ProtocolError) as exc:
+            return {"error": {"type": "BridgeProtocolError",
+                              "message": f"the host's LM handler cannot be reached: {exc}"}}
+
+    return call
+
+
+def serve(stream: protocol.Stream) -> None:
+    runtime: guest.GuestRuntime | None = None
+    protocol.send(stream, {"type": "ready", "pid": os.getpid(), "version": protocol.VERSION})
+    while True:
+        try:
+            message = protocol.recv(stream)
+        except EOFError:
+            return
+        kind = message.get("type")
+        try:
+            if kind == "init":
+                runtime = guest.GuestRuntime(_lm_caller(message["lm_address"], message["token"]),
+                                             capture_limit=int(message.get("capture_limit",
+                                                                           2_000_000)))
+                reply: dict[str, Any] = {"type": "ok"}
+            elif runtime is None:
+                reply = {"type": "error", "message": "init first"}
+            elif kind == "set_var":
+                runtime.set_variable(message["name"], _load(message["file"], message["format"]))
+                reply = {"type": "ok"}
+            elif kind == "exec":
+                reply = {"type": "result", **runtime.run_cell(message["code"])}
+            elif kind == "final_text":
+                text = runtime.evaluate_final_text(message["expression"])
+                reply = {"type": "value", "text": text}
+            elif kind == "shutdown":
+                protocol.send(stream, {"type": "ok"})
+                return
+            else:
+                reply = {"type": "error", "message": f"unknown message type {kind!r}"}
+        except Exception as exc:  # report, keep serving: the host decides what to do
+            reply = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}
+        protocol.send(stream, reply)
+
+
+def _apply_limits() -> None:
+    """Lower this process's own rlimits from ``RLM_LIMITS`` (a JSON object), soft and hard."""
+    raw = os.environ.pop("RLM_LIMITS", "")
+    if not raw:
+        return
+    import resource
+
+    names = {"memory_bytes": resource.RLIMIT_AS, "cpu_s": resource.RLIMIT_CPU,
+             "processes": resource.RLIMIT_NPROC, "file_bytes": resource.RLIMIT_FSIZE,
+             "core_bytes": resource.RLIMIT_CORE}
+    for key, value in json.loads(raw).items():
+        if value is not None and key in names:
+            resource.setrlimit(names[key], (int(value), int(value)))
+
+
+def main() -> None:
+    _apply_limits()
+    control_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    control_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    serve(protocol.FileStream(control_in, control_out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The environments every shared test runs against (one suite, parametrised by name)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlm import registry
+
+#: Registry names of the environments under test; each must pass the whole shared suite.
+ENVIRONMENTS = ["local", "subprocess"]
+#: Those that can stop a runaway block (``Environment.supports_timeout``).
+TIMEOUT_ENVIRONMENTS = [
+    name for name in ENVIRONMENTS if registry.get_environment_class(name).supports_timeout
+]
+
+
+@pytest.fixture(params=ENVIRONMENTS)
+def env_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def env_factory(env_name: str):
+    """Builds environments of the parametrised kind and closes them after the test."""
+    made = []
+
+    def make(**kwargs):
+        env = registry.create_environment(env_name, kwargs)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.close()

@@ -1,0 +1,133 @@
+"""The behaviour every environment shares.  No test here names an implementation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rlm import RLM, registry
+from tests.conftest import repl
+from tests.environments.conftest import TIMEOUT_ENVIRONMENTS
+
+
+def host(message):
+    if message.get("op") == "llm_query":
+        return {"text": f"echo:{message['prompt']}"}
+    if message.get("op") == "budget":
+        return {"remaining": {"iterations_left": 3}}
+    return {"error": {"type": "BridgeProtocolError", "message": "unsupported in this test"}}
+
+
+@pytest.fixture
+def env(env_factory):
+    environment = env_factory()
+    environment.start(host)
+    environment.set_variable("context", 'a context ending in "')
+    return environment
+
+
+def test_variables_persist_and_context_is_visible(env):
+    assert env.execute("n = len(context)").error is None
+    assert env.execute("print(n, context[-1])").stdout == '21 "\n'
+
+
+@pytest.mark.parametrize("value", [b"\x00\xffraw", ["a", 1, None], {"k": [1, 2]}, "x" * 100_000])
+def test_values_cross_intact(env, value):
+    env.set_variable("data", value)
+    assert env.execute("print(repr(data))").stdout.strip() == repr(value)
+
+
+def test_stdout_stderr_and_errors(env):
+    result = env.execute("import sys\nprint('out')\nprint('err', file=sys.stderr)\n1/0")
+    assert result.stdout == "out\n" and result.stderr == "err\n"
+    assert "ZeroDivisionError" in result.error
+
+
+def test_helpers_reach_the_host(env):
+    assert env.execute("print(llm_query('ping'))").stdout == "echo:ping\n"
+    assert env.execute("print(budget()['iterations_left'])").stdout == "3\n"
+
+
+def test_final_and_final_var(env):
+    assert env.execute("FINAL(6 * 7)").final.text == "42"
+    assert env.execute("answer = 'x'\nFINAL_VAR('answer')").final.text == "x"
+    assert env.execute("FINAL_VAR('k', [1])").final.text == "[1]"
+    assert env.resolve_final_text("answer") == "x"
+    assert env.resolve_final_text("not python at all") == "not python at all"
+
+
+def test_scaffold_is_restored(env):
+    result = env.execute("context = 1\nllm_query = None")
+    assert result.notes
+    assert env.execute("print(context[:9], llm_query('q'))").stdout == "a context echo:q\n"
+
+
+@pytest.mark.parametrize("code", ["import sys; sys.exit(1)", "raise KeyboardInterrupt",
+                                  "import os; os._exit(1)"])
+def test_exits_do_not_end_the_repl_or_the_host(env, code):
+    env.execute("kept = 5")
+    result = env.execute(code)
+    assert result.error is not None
+    after = env.execute("print('alive')")
+    assert after.stdout == "alive\n"
+
+
+def test_parallel_environments_do_not_mix_output(env_factory):
+    envs = [env_factory() for _ in range(3)]
+    results = {}
+
+    def work(i):
+        envs[i].start(host)
+        results[i] = envs[i].execute(f"for _ in range(40): print('env{i}')")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, result in results.items():
+        assert result.stdout.split() == [f"env{i}"] * 40
+
+
+@pytest.mark.parametrize("timeout_env", TIMEOUT_ENVIRONMENTS)
+def test_a_runaway_block_is_stopped(timeout_env):
+    environment = registry.create_environment(timeout_env, {"block_timeout_s": 1.0})
+    try:
+        environment.start(host)
+        environment.set_variable("context", "kept")
+        result = environment.execute("while True: pass")
+        assert "TimeoutError" in result.error
+        assert environment.execute("print(context)").stdout == "kept\n"
+    finally:
+        environment.close()
+
+
+def test_close_is_idempotent(env_factory):
+    environment = env_factory()
+    environment.start(host)
+    environment.close()
+    environment.close()
+
+
+def test_end_to_end_with_children_and_budget(env_name):
+    def reply(messages, depth):
+        if depth == 0:
+            return repl("r = rlm_query('child', context=[1, 2, 3])\nFINAL(r + llm_query('x'))")
+        if len(messages) > 1:
+            return repl("FINAL(str(sum(context)))")
+        return "!"
+
+    result = RLM(backend="scripted", environment=env_name, max_depth=2,
+                 backend_kwargs={"responses": reply, "cost_per_call": 0.1}).completion("c")
+    assert result.response == "6!"
+    assert result.trace.children[0].depth == 1
+    assert result.cost_usd == pytest.approx(0.3)
+
+
+def test_persistence_across_completions(env_name):
+    replies = [repl("memo = context.upper()\nFINAL('ok')"), repl("FINAL(memo + context_1)")]
+    with RLM(backend="scripted", environment=env_name, persistent=True,
+             backend_kwargs={"responses": replies}) as rlm:
+        rlm.completion("q", context="ab")
+        assert rlm.completion("q", context="cd").response == "ABcd"
