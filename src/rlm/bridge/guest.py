@@ -181,8 +181,10 @@ class _GuardedOS(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.__dict__["_real"], name, value)
 
-    @staticmethod
-    def _exit(code: int = 0) -> None:
+    def _exit(self, code: int = 0) -> None:
+        real = self.__dict__["_real"]
+        if real.getpid() != _REPL_PID:  # a child forked by model code may end itself
+            real._exit(code)
         raise SystemExit(f"os._exit({code}) is not allowed in the REPL")
 
     @staticmethod
@@ -202,6 +204,7 @@ class _GuardedOS(types.ModuleType):
         real.killpg(pgid, sig)
 
 
+_REPL_PID = os.getpid()
 _GUARDED = {"os": _GuardedOS(os)}
 if "posix" in sys.modules:
     _GUARDED["posix"] = _GuardedOS(sys.modules["posix"])
@@ -371,11 +374,16 @@ class GuestRuntime:
         self._final = None
         error = None
         started = time.perf_counter()
+        pid = os.getpid()
         try:
             self._exec(code)
-        except BaseException as exc:
+        except BaseException as exc:  # model code may raise anything, even SystemExit
             error = self._format_error(exc)
         finally:
+            if os.getpid() != pid:
+                # A process forked by model code finished the block: it must never go on
+                # into the scaffold (it would read the parent's control channel).
+                os._exit(0)
             _current.reset(token)
         restored = self._restore()
         notes = [
