@@ -58,6 +58,8 @@ class RLM:
       ``max_tokens``, ``max_errors``: limits shared by the whole call tree (see ``Limits``).
     - ``tools``: extra functions for the REPL, ``{"name": callable}``.
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
+    - ``sub_calls=False``: a REPL-only RLM: ``llm_query`` / ``rlm_query`` are disabled and
+      not offered in the prompt (the paper's "no sub-calls" ablation).
     - ``trace_dir`` (one JSONL file per call) or ``trace_path`` (append to one file);
       ``verbose=True`` draws the live call tree on stderr.
     """
@@ -89,6 +91,7 @@ class RLM:
         extract_on_limit: bool = True,
         system_prompt: str | None = None,
         temperature: float | None = None,
+        sub_calls: bool = True,
     ) -> None:
         self.limits = Limits(max_depth=max_depth, max_iterations=max_iterations,
                              max_budget=max_budget, max_timeout=max_timeout,
@@ -129,6 +132,7 @@ class RLM:
                 loop=LoopConfig(max_output_chars=max_output_chars,
                                 extract_on_limit=extract_on_limit, temperature=temperature),
                 tools=tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
+                sub_calls=sub_calls,
             ),
         )
         self.verbose = verbose

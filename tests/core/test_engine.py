@@ -353,3 +353,18 @@ def test_secrets_never_reach_the_trace_in_memory_or_on_disk(tmp_path):
     assert "sk-test-SECRET-123" not in path.read_text()
     assert "[REDACTED]" in path.read_text()
     assert "sk-test-SECRET-123" not in json.dumps(result.trace.to_dict())
+
+
+def test_sub_calls_can_be_disabled():
+    seen = []
+
+    def reply(messages, depth):
+        seen.append(messages)
+        return repl("try:\n    llm_query('x')\nexcept LMQueryError as e:\n    FINAL(e.kind)")
+
+    result = RLM(backend="scripted", backend_kwargs={"responses": reply},
+                 sub_calls=False).completion("c")
+    assert result.response == "SubCallsDisabled"
+    assert "llm_query and rlm_query are disabled" in seen[0][0]["content"]
+    assert "llm_query(prompt) -> str" not in seen[0][0]["content"]
+    assert result.usage["scripted"].calls == 1

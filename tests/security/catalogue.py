@@ -40,6 +40,7 @@ def run(env: str, out: Path, *, timeout_s: float = 900) -> dict[str, dict]:
             start_new_session=True, timeout=timeout_s, check=False,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(HERE.parents[1]),
+                 "RLM_HOSTILE_DIR": str(out.parent),
                  "OPENAI_API_KEY": "sk-hostile-" + secrets.token_hex(8)},
         )
         last_start = None

@@ -41,7 +41,8 @@ class Host:
     def __init__(self) -> None:
         # The key is in this process's environment from its start, as a real key would be.
         self.key = os.environ.setdefault("OPENAI_API_KEY", "sk-hostile-" + secrets.token_hex(8))
-        self.dir = Path(tempfile.mkdtemp(prefix="rlm-hostile-host-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="rlm-hostile-host-",
+                                         dir=os.environ.get("RLM_HOSTILE_DIR")))
         self.secret = self.dir / f"rlm-hostile-secret-{secrets.token_hex(4)}"
         self.secret.write_text("TOPSECRET " + self.key)
         self.host_file = self.dir / "host-file.txt"

@@ -48,6 +48,7 @@ class LMHandler:
         spawn_child: SpawnChild | None = None,
         max_concurrency: int = 16,
         sub_call_max_output_tokens: int | None = None,
+        sub_calls: bool = True,
     ) -> None:
         self.router = router
         self.budget = budget
@@ -55,6 +56,7 @@ class LMHandler:
         self.spawn_child = spawn_child
         self.max_concurrency = max(1, max_concurrency)
         self.sub_call_max_output_tokens = sub_call_max_output_tokens
+        self.sub_calls = sub_calls
         self._in_flight: set[cf.Future[str]] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -136,6 +138,9 @@ class LMHandler:
     def handle(self, message: dict[str, Any], node: NodeRef) -> dict[str, Any]:
         """Answer one REPL request; errors come back as ``{"error": {type, message}}``."""
         op = message.get("op")
+        if not self.sub_calls and op != "budget":
+            return {"error": {"type": "SubCallsDisabled", "message":
+                              "sub-model calls are disabled in this run (sub_calls=False)"}}
         try:
             if op == "llm_query":
                 return {"text": self._llm_query(message.get("prompt", ""),

@@ -42,6 +42,7 @@ class EngineConfig:
     max_concurrency: int = 16
     sub_call_max_output_tokens: int | None = None
     chunk_chars: int = 50_000
+    sub_calls: bool = True
 
 
 class Session:
@@ -86,6 +87,7 @@ class _Tree:
             engine.router, self.budget, self.tracer, spawn_child=self.spawn_child,
             max_concurrency=engine.config.max_concurrency,
             sub_call_max_output_tokens=engine.config.sub_call_max_output_tokens,
+            sub_calls=engine.config.sub_calls,
         )
 
     # -- one node ---------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class _Tree:
         system = prompts.system_prompt(depth=node.depth, max_depth=self.engine.limits.max_depth,
                                        tools=cfg.tools, chunk_chars=cfg.chunk_chars,
                                        template=cfg.system_prompt,
-                                       style=self.style(node))
+                                       style=self.style(node), sub_calls=cfg.sub_calls)
         user = prompts.first_user_message(question, describe_context(value),
                                           session_turn=session.turn if session else 0,
                                           session_names=names)

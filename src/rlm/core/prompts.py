@@ -29,20 +29,13 @@ writing Python code in a ```repl fenced block. I run each block and show you its
 
 Available in the REPL:
 - `context`: the input (read it with code: len, slicing, split, re, loops).
-- `llm_query(prompt) -> str`: ask a language model one question. It sees ONLY the \
-prompt you pass, so include the text it must read, e.g. \
-llm_query("Find the date in this text:\\n" + chunk).
-- `llm_query_batched(prompts) -> list[str]`: many llm_query calls run concurrently.
-- `rlm_query(prompt, context) -> str` and `rlm_query_batched(prompts, contexts)`: like \
-llm_query, but the helper gets its own REPL for a large piece of context.
-- `FINAL(answer)`: submit the final answer. `FINAL_VAR("name")`: submit a variable.
+{sub_calls}- `FINAL(answer)`: submit the final answer. `FINAL_VAR("name")`: submit a variable.
 - `SHOW_VARS()`: list your variables. `budget()`: what is left of the limits.
 {tools}
 Rules:
 - Write exactly one ```repl block per reply, then stop and wait for its output.
 - Look at the data before you answer; prefer plain Python (re, str methods, counting) \
-when it can answer exactly; use llm_query on chunks of at most ~{chunk_chars} characters \
-when you must understand text.
+when it can answer exactly{chunk_rule}.
 - Never reassign `context`; keep results in new variables. Variables persist between blocks.
 - When you know the answer, call FINAL(answer) in a block. Do not guess: verify with code.
 {depth_note}"""
@@ -67,9 +60,18 @@ FINAL("8443")
 ```
 
 Rules: search with keywords from the question; print only matching lines, never the \
-whole context; never assign to `context`. `llm_query(text)` asks a helper model about \
-a text you pass to it (it sees nothing else).
+whole context; never assign to `context`.{small_sub_calls}
 {tools}"""
+
+SUB_CALLS_HELP = """\
+- `llm_query(prompt) -> str`: ask a language model one question. It sees ONLY the \
+prompt you pass, so include the text it must read, e.g. \
+llm_query("Find the date in this text:\\n" + chunk).
+- `llm_query_batched(prompts) -> list[str]`: many llm_query calls run concurrently.
+- `rlm_query(prompt, context) -> str` and `rlm_query_batched(prompts, contexts)`: like \
+llm_query, but the helper gets its own REPL for a large piece of context.
+"""
+NO_SUB_CALLS_HELP = "- No sub-model calls in this run: llm_query and rlm_query are disabled.\n"
 
 SESSION_NOTE = """\
 This is turn {turn} of a conversation. Earlier inputs are still in the REPL as {names}, \
@@ -137,14 +139,20 @@ def system_prompt(
     chunk_chars: int = 50_000,
     template: str | None = None,
     style: str = "default",
+    sub_calls: bool = True,
 ) -> str:
     """The system prompt for a node at ``depth`` (``template`` replaces the profile's)."""
     can_recurse = depth + 1 < max_depth
-    depth_note = "" if can_recurse else (
+    depth_note = "" if can_recurse or not sub_calls else (
         "Here rlm_query is a plain model call (maximum depth reached).\n"
     )
     return (template or profile(style).system).format(
-        tools=_tools_text(tools or {}), chunk_chars=f"{chunk_chars:,}", depth_note=depth_note
+        tools=_tools_text(tools or {}), chunk_chars=f"{chunk_chars:,}", depth_note=depth_note,
+        sub_calls=SUB_CALLS_HELP if sub_calls else NO_SUB_CALLS_HELP,
+        chunk_rule=(f"; use llm_query on chunks of at most ~{chunk_chars:,} characters when "
+                    "you must understand text") if sub_calls else "",
+        small_sub_calls=(" `llm_query(text)` asks a helper model about a text you pass to it "
+                         "(it sees nothing else).") if sub_calls else "",
     )
 
 
