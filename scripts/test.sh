@@ -7,7 +7,12 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+if [ "$(id -u)" = 0 ]; then  # the "sandbox" environment runs its REPL under bubblewrap
+  command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,local,server]'
+.venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide]'
 .venv/bin/ruff check src tests benchmarks examples
+# The "docker" environment's engine: started here, stopped on exit.
+bash scripts/docker-engine.sh start || true; trap 'bash scripts/docker-engine.sh stop' EXIT
 .venv/bin/python -m pytest "$@"

@@ -58,6 +58,8 @@ class RLM:
       ``max_tokens``, ``max_errors``: limits shared by the whole call tree (see ``Limits``).
     - ``tools``: extra functions for the REPL, ``{"name": callable}``.
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
+    - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
+      may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).
     - ``sub_calls=False``: a REPL-only RLM: ``llm_query`` / ``rlm_query`` are disabled and
       not offered in the prompt (the paper's "no sub-calls" ablation).
     - ``trace_dir`` (one JSONL file per call) or ``trace_path`` (append to one file);
@@ -92,6 +94,8 @@ class RLM:
         system_prompt: str | None = None,
         temperature: float | None = None,
         sub_calls: bool = True,
+        max_output_tokens: int | None = None,
+        sub_call_max_output_tokens: int | None = None,
     ) -> None:
         self.limits = Limits(max_depth=max_depth, max_iterations=max_iterations,
                              max_budget=max_budget, max_timeout=max_timeout,
@@ -130,9 +134,10 @@ class RLM:
             self.router, self._env_factory, self.limits,
             EngineConfig(
                 loop=LoopConfig(max_output_chars=max_output_chars,
-                                extract_on_limit=extract_on_limit, temperature=temperature),
+                                extract_on_limit=extract_on_limit, temperature=temperature,
+                                max_output_tokens=max_output_tokens),
                 tools=tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
-                sub_calls=sub_calls,
+                sub_calls=sub_calls, sub_call_max_output_tokens=sub_call_max_output_tokens,
             ),
         )
         self.verbose = verbose

@@ -38,6 +38,15 @@ _BACKENDS: dict[str, Any] = {
 _ENVIRONMENTS: dict[str, Any] = {
     "local": "rlm.environments.local:LocalEnvironment",
     "subprocess": "rlm.environments.process:SubprocessEnvironment",
+    "pyodide": "rlm.environments.pyodide_env:PyodideEnvironment",
+    "docker": "rlm.environments.docker_env:DockerEnvironment",
+    "remote-local": "rlm.environments.remote:LocalRemoteEnvironment",
+    "modal": "rlm.environments.modal_env:ModalEnvironment",
+    "e2b": "rlm.environments.e2b_env:E2BEnvironment",
+    "daytona": "rlm.environments.daytona_env:DaytonaEnvironment",
+    "prime": "rlm.environments.prime_env:PrimeEnvironment",
+    "ipython": "rlm.environments.kernel:IPythonEnvironment",
+    "sandbox": "rlm.environments.sandbox:SandboxEnvironment",
 }
 #: The extra that provides a built-in whose import fails.
 _EXTRAS: dict[str, str] = {}

@@ -368,3 +368,9 @@ def test_sub_calls_can_be_disabled():
     assert "llm_query and rlm_query are disabled" in seen[0][0]["content"]
     assert "llm_query(prompt) -> str" not in seen[0][0]["content"]
     assert result.usage["scripted"].calls == 1
+
+
+def test_output_token_caps_reach_the_backend(scripted):
+    backend = scripted([repl("FINAL(llm_query('q'))"), "a"])
+    RLM(backend=backend, max_output_tokens=300, sub_call_max_output_tokens=40).completion("c")
+    assert [r.max_output_tokens for r in backend.calls] == [300, 40]

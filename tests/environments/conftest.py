@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rlm import registry
 
 #: Registry names of the environments under test; each must pass the whole shared suite.
 ENVIRONMENTS = ["local", "subprocess"]
+ENVIRONMENTS.append("pyodide")
+ENVIRONMENTS.append("sandbox")
+ENVIRONMENTS.append("ipython")
+ENVIRONMENTS.append("docker")
+ENVIRONMENTS.append("remote-local")
 #: Those that can stop a runaway block (``Environment.supports_timeout``).
 TIMEOUT_ENVIRONMENTS = [
     name for name in ENVIRONMENTS if registry.get_environment_class(name).supports_timeout
@@ -32,3 +39,19 @@ def env_factory(env_name: str):
     yield make
     for env in made:
         env.close()
+
+
+def require_available(name: str) -> None:
+    """Skip a test of an environment this machine cannot run (``unavailable_reason``);
+    under CI (``CI`` set) fail instead: CI must run every environment."""
+    reason = registry.get_environment_class(name).unavailable_reason()
+    if reason is not None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{name}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _environment_available(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    for value in callspec.params.values() if callspec else ():
+        if isinstance(value, str) and value in ENVIRONMENTS:
+            require_available(value)

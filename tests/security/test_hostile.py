@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.environments.conftest import ENVIRONMENTS
+from tests.environments.conftest import ENVIRONMENTS, require_available
 from tests.security import catalogue
 
 pytestmark = pytest.mark.slow
@@ -24,6 +24,7 @@ def test_the_catalogue_is_large_and_well_formed():
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_environment_stops_what_the_docs_claim(env, tmp_path):
+    require_available(env)
     known = catalogue.expected()
     assert env in known, f"record the results of {env} in tests/security/expected.toml"
     results = catalogue.run(env, tmp_path / "results.jsonl")

@@ -207,10 +207,9 @@ class OpenAIBackend(LMBackend):
         with self._lock:
             client, self._client = self._client, None
             aclient, loop = self._aclient, self._aloop
-            if loop is not None and not loop.is_closed() and not loop.is_running():
-                self._aclient = self._aloop = None
-            else:
-                aclient = None
+            self._aclient = self._aloop = None
+            if loop is None or loop.is_closed() or loop.is_running():
+                aclient = None  # its loop is gone or busy: drop it, nothing can close it now
         if client is not None:
             client.close()
         if aclient is not None and loop is not None:
@@ -227,7 +226,8 @@ class OpenAIBackend(LMBackend):
 
     # -- request building and response parsing, shared by both paths -----------------------
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": request.model or self.model_name,
+        # extra_body holds defaults: what the request sets itself wins over them
+        body: dict[str, Any] = {**self.extra_body, "model": request.model or self.model_name,
                                 "messages": request.messages}
         if request.max_output_tokens is not None:
             body["max_tokens"] = request.max_output_tokens
@@ -235,7 +235,6 @@ class OpenAIBackend(LMBackend):
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = request.stop
-        body.update(self.extra_body)
         return body
 
     def _scrub(self, text: str) -> str:

@@ -4,7 +4,9 @@ Started by a process-based environment (``python runner.py``).  The control chan
 private copies of fd 0 and 1; the real fd 0 then reads /dev/null and fd 1 writes to
 stderr, so nothing model code prints (even from C code or child processes) can corrupt the
 protocol.  LM requests go to the host's ``LMServer`` on a new connection each, carrying
-the token from the ``init`` message.  Standard library only; shipped as a file.
+the token from the ``init`` message; when ``init`` names no ``lm_address`` they travel on
+the control channel itself (``lm_request {id, request}`` out, ``lm_reply {id, reply}`` in),
+for guests without a network.  Standard library only; shipped as a file.
 
 Control messages (host -> runner): ``init {lm_address, token}``, ``set_var {name, file,
 format}``, ``exec {code}``, ``final_text {expression}``, ``shutdown``.  Replies: ``ready``,
@@ -14,9 +16,12 @@ format}``, ``exec {code}``, ``final_text {expression}``, ``shutdown``.  Replies:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 try:  # inside the package
@@ -26,18 +31,23 @@ except ImportError:  # shipped as plain files next to this one
     import protocol  # type: ignore[no-redef]
 
 
-def _load(path: str, fmt: str) -> Any:
-    if fmt == "text":
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def load_value(path: str, fmt: str, read: Callable[[str], bytes] = read_bytes) -> Any:
+    """Read a value the host wrote with ``rlm.environments.process.write_value``; ``read``
+    returns a file's bytes (a WebAssembly guest reads host files through its runtime)."""
+    data = read(path)
     if fmt == "bytes":
-        with open(path, "rb") as handle:
-            return handle.read()
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return data
+    text = data.decode("utf-8")
+    return text if fmt == "text" else json.loads(text)
 
 
-def _lm_caller(address: Any, token: str) -> guest.Call:
+def lm_caller(address: Any, token: str) -> guest.Call:
+    """The ``call`` of a ``GuestRuntime`` that reaches the host's ``LMServer``."""
     target = address if isinstance(address, str) else (address[0], int(address[1]))
 
     def call(message: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +60,29 @@ def _lm_caller(address: Any, token: str) -> guest.Call:
     return call
 
 
-def serve(stream: protocol.Stream) -> None:
+def control_caller(stream: protocol.Stream) -> guest.Call:
+    """The ``call`` of a ``GuestRuntime`` whose LM requests travel on the control channel:
+    an ``lm_request`` frame, then the matching ``lm_reply``; one request at a time."""
+    lock = threading.Lock()
+    ids = itertools.count(1)
+
+    def call(message: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            ident = next(ids)
+            try:
+                protocol.send(stream, {"type": "lm_request", "id": ident, "request": message})
+                reply = protocol.recv(stream)
+            except (OSError, EOFError, protocol.ProtocolError) as exc:
+                reply = {"type": "error", "message": str(exc)}
+        if reply.get("type") != "lm_reply" or reply.get("id") != ident:
+            return {"error": {"type": "BridgeProtocolError", "message": "no LM reply on the "
+                              f"control channel: {reply.get('type')} {reply.get('message', '')}"}}
+        return reply.get("reply") or {}
+
+    return call
+
+
+def serve(stream: protocol.Stream, read: Callable[[str], bytes] = read_bytes) -> None:
     runtime: guest.GuestRuntime | None = None
     protocol.send(stream, {"type": "ready", "pid": os.getpid(), "version": protocol.VERSION})
     while True:
@@ -61,14 +93,16 @@ def serve(stream: protocol.Stream) -> None:
         kind = message.get("type")
         try:
             if kind == "init":
-                runtime = guest.GuestRuntime(_lm_caller(message["lm_address"], message["token"]),
-                                             capture_limit=int(message.get("capture_limit",
-                                                                           2_000_000)))
+                call = (lm_caller(message["lm_address"], message["token"])
+                        if message.get("lm_address") else control_caller(stream))
+                runtime = guest.GuestRuntime(call, capture_limit=int(message.get("capture_limit",
+                                                                                 2_000_000)))
                 reply: dict[str, Any] = {"type": "ok"}
             elif runtime is None:
                 reply = {"type": "error", "message": "init first"}
             elif kind == "set_var":
-                runtime.set_variable(message["name"], _load(message["file"], message["format"]))
+                value = load_value(message["file"], message["format"], read)
+                runtime.set_variable(message["name"], value)
                 reply = {"type": "ok"}
             elif kind == "exec":
                 reply = {"type": "result", **runtime.run_cell(message["code"])}
@@ -85,7 +119,7 @@ def serve(stream: protocol.Stream) -> None:
         protocol.send(stream, reply)
 
 
-def _apply_limits() -> None:
+def apply_limits() -> None:
     """Lower this process's own rlimits from ``RLM_LIMITS`` (a JSON object), soft and hard."""
     raw = os.environ.pop("RLM_LIMITS", "")
     if not raw:
@@ -101,7 +135,7 @@ def _apply_limits() -> None:
 
 
 def main() -> None:
-    _apply_limits()
+    apply_limits()
     control_in = os.fdopen(os.dup(0), "rb", buffering=0)
     control_out = os.fdopen(os.dup(1), "wb", buffering=0)
     null = os.open(os.devnull, os.O_RDONLY)

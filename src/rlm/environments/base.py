@@ -38,6 +38,11 @@ class Environment(ABC):
     supports_timeout: ClassVar[bool] = False
     isolation: ClassVar[str] = "nothing"
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this environment cannot run on this machine (an engine missing...); None: it can."""
+        return None
+
     @abstractmethod
     def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
         """Start the REPL (idempotent)."""

@@ -30,11 +30,45 @@ from rlm.environments.base import Environment, HostCall
 from rlm.errors import EnvError, EnvStartError
 from rlm.types import ExecResult
 
-__all__ = ["ProcessEnvironment", "SubprocessEnvironment"]
+__all__ = ["ProcessEnvironment", "SubprocessEnvironment", "ship_runner", "write_value"]
 
-RUNNER_FILES = ("guest.py", "protocol.py", "runner.py")
+RUNNER_FILES = ("guest.py", "protocol.py", "runner.py", "broker.py")
 _SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def ship_runner(directory: Path) -> Path:
+    """Copy the guest runtime (``RUNNER_FILES``) into ``directory``, created; return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in RUNNER_FILES:
+        source = resources.files("rlm.bridge").joinpath(name)
+        (directory / name).write_bytes(source.read_bytes())
+    return directory
+
+
+def write_value(directory: Path, name: str, value: Any, *, owner: str) -> tuple[Path, str]:
+    """Hand a value over by a file in ``directory``, never as a code literal; return the
+    file and its format (as ``runner.load_value`` reads it).  ``owner`` names the
+    environment in the ``EnvError`` raised for a value JSON cannot hold."""
+    base = directory / f"var-{name}"
+    if isinstance(value, str):
+        path = base.with_suffix(".txt")
+        path.write_text(value, encoding="utf-8")
+        return path, "text"
+    if isinstance(value, bytes | bytearray | memoryview):
+        path = base.with_suffix(".bin")
+        path.write_bytes(bytes(value))
+        return path, "bytes"
+    if isinstance(value, FolderContext):
+        value = dict(value.items())
+    path = base.with_suffix(".json")
+    try:
+        path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    except (TypeError, ValueError) as exc:
+        raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} "
+                       "cannot be sent to a separate process (use str, bytes, list, dict)"
+                       ) from exc
+    return path, "json"
 
 
 class ProcessEnvironment(Environment):
@@ -51,6 +85,9 @@ class ProcessEnvironment(Environment):
     supports_persistence = True
     supports_timeout = True
     use_unix_socket = False
+    #: LM requests travel on the control channel (``lm_request``/``lm_reply`` frames, see
+    #: ``rlm.bridge.runner``) instead of a socket: for guests with no network at all.
+    lm_over_control = False
 
     def __init__(self, *, block_timeout_s: float = 300.0, memory_mb: int | None = 4096,
                  cpu_s: int | None = None, max_processes: int | None = 256,
@@ -66,6 +103,8 @@ class ProcessEnvironment(Environment):
         self.start_timeout_s = start_timeout_s
         self.scratch: Path | None = None
         self._server: LMServer | None = None
+        self._call: HostCall | None = None
+        self._write_lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._variables: dict[str, tuple[str, str]] = {}
@@ -84,6 +123,10 @@ class ProcessEnvironment(Environment):
     def guest_lm_address(self, server: LMServer) -> Any:
         return server.address
 
+    def process_killed(self) -> None:
+        """Called after the process was killed: remove what it started outside its process
+        group (a container...)."""
+
     def process_env(self) -> dict[str, str]:
         assert self.scratch is not None
         return {**_SAFE_ENV, "HOME": self.guest_path(self.scratch),
@@ -98,17 +141,16 @@ class ProcessEnvironment(Environment):
             raise EnvError("the environment is closed")
         self.scratch = Path(tempfile.mkdtemp(prefix="rlm-env-"))
         (self.scratch / "tmp").mkdir()
-        (self.scratch / ".rlm").mkdir()
-        for name in RUNNER_FILES:
-            source = resources.files("rlm.bridge").joinpath(name)
-            (self.scratch / ".rlm" / name).write_bytes(source.read_bytes())
-        unix = self.scratch / ".rlm" / "lm.sock" if self.use_unix_socket else None
-        self._server = LMServer(call, unix_path=unix)
-        self._server.start()
+        ship_runner(self.scratch / ".rlm")
+        self._call = call
+        if not self.lm_over_control:
+            unix = self.scratch / ".rlm" / "lm.sock" if self.use_unix_socket else None
+            self._server = LMServer(call, unix_path=unix)
+            self._server.start()
         self._spawn()
 
     def _spawn(self) -> None:
-        assert self.scratch is not None and self._server is not None
+        assert self.scratch is not None
         self._replies = queue.Queue()
         try:
             self._proc = subprocess.Popen(
@@ -122,8 +164,9 @@ class ProcessEnvironment(Environment):
         threading.Thread(target=self._read_replies, args=(proc,), daemon=True,
                          name=f"rlm-{self.name}-reader").start()
         self._expect("ready", self.start_timeout_s, starting=True)
-        self._roundtrip({"type": "init", "lm_address": self.guest_lm_address(self._server),
-                         "token": self._server.token, "capture_limit": self.capture_limit},
+        lm = ({} if self._server is None else
+              {"lm_address": self.guest_lm_address(self._server), "token": self._server.token})
+        self._roundtrip({"type": "init", **lm, "capture_limit": self.capture_limit},
                         self.start_timeout_s, starting=True)
         for name, (path, fmt) in self._variables.items():
             self._roundtrip({"type": "set_var", "name": name, "file": path, "format": fmt},
@@ -134,14 +177,32 @@ class ProcessEnvironment(Environment):
         stream = protocol.FileStream(proc.stdout, None)
         while True:
             try:
-                self._replies.put(protocol.recv(stream))
+                message = protocol.recv(stream)
             except (EOFError, OSError, protocol.ProtocolError, ValueError):
                 self._replies.put(None)
                 return
+            if self.lm_over_control and message.get("type") == "lm_request":
+                threading.Thread(target=self._answer, args=(proc, message), daemon=True,
+                                 name=f"rlm-{self.name}-lm").start()
+            else:
+                self._replies.put(message)
 
-    def _send(self, message: dict[str, Any]) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        protocol.send(protocol.FileStream(None, self._proc.stdin), message)
+    def _answer(self, proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+        """Answer one ``lm_request`` of the guest with the host's ``call``."""
+        assert self._call is not None
+        try:
+            reply = self._call(message.get("request") or {})
+        except Exception as exc:  # a bug in the handler must not kill the channel
+            reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        with contextlib.suppress(OSError, ValueError, protocol.ProtocolError):
+            self._send({"type": "lm_reply", "id": message.get("id"), "reply": reply}, proc)
+
+    def _send(self, message: dict[str, Any], proc: subprocess.Popen[bytes] | None = None
+              ) -> None:
+        proc = proc or self._proc
+        assert proc is not None and proc.stdin is not None
+        with self._write_lock:
+            protocol.send(protocol.FileStream(None, proc.stdin), message)
 
     def _expect(self, kind: str, timeout_s: float | None, *, starting: bool = False
                 ) -> dict[str, Any]:
@@ -149,10 +210,13 @@ class ProcessEnvironment(Environment):
             reply = self._replies.get(timeout=timeout_s)
         except queue.Empty:
             raise TimeoutError from None
-        if reply is None:
-            code = self._proc.wait(5) if self._proc is not None else None
+        if reply is None:  # the process ended, or broke the control channel
+            code = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(1) if self._proc is not None else None
             raise (EnvStartError if starting else ProcessLookupError)(
-                f"{self.name}: the REPL process ended (exit code {code})")
+                f"{self.name}: the REPL process ended or broke the control channel "
+                f"(exit code {code})")
         if reply.get("type") == "error":
             raise EnvError(f"{self.name}: {reply.get('message')}")
         if reply.get("type") != kind:
@@ -189,27 +253,8 @@ class ProcessEnvironment(Environment):
                              "format": fmt}, self.start_timeout_s)
 
     def _write_value(self, name: str, value: Any) -> tuple[Path, str]:
-        """Hand a value over by file, never as a code literal."""
         assert self.scratch is not None
-        base = self.scratch / ".rlm" / f"var-{name}"
-        if isinstance(value, str):
-            path = base.with_suffix(".txt")
-            path.write_text(value, encoding="utf-8")
-            return path, "text"
-        if isinstance(value, bytes | bytearray | memoryview):
-            path = base.with_suffix(".bin")
-            path.write_bytes(bytes(value))
-            return path, "bytes"
-        if isinstance(value, FolderContext):
-            value = dict(value.items())
-        path = base.with_suffix(".json")
-        try:
-            path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        except (TypeError, ValueError) as exc:
-            raise EnvError(f"{self.name}: variable {name!r} of type {type(value).__name__} "
-                           "cannot be sent to a separate process (use str, bytes, list, dict)"
-                           ) from exc
-        return path, "json"
+        return write_value(self.scratch / ".rlm", name, value, owner=self.name)
 
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
         if self._proc is None:
@@ -256,6 +301,7 @@ class ProcessEnvironment(Environment):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        self.process_killed()
 
     def close(self) -> None:
         if self._closed:

@@ -1,0 +1,399 @@
+"""The HTTP broker: the REPL of a sandbox the host cannot be reached from, served over HTTP.
+
+It runs in the sandbox (``python broker.py --port P --token-file F``) next to ``guest.py``,
+whose ``GuestRuntime`` it drives; standard library only.  The host makes every connection:
+it drives the REPL and long-polls for the sandbox code's LM requests, which it answers
+with its own LM handler, so no key enters the sandbox.
+
+Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T``), else
+401; bodies and replies are JSON.  Control: ``GET /health`` -> ``{ok, pid, version}``;
+``POST /exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s, notes}``;
+``POST /set_var {name, format: text|bytes|json, data}`` (bytes in base64); ``POST
+/final_text {expression}`` -> ``{text}``; ``POST /shutdown`` (the process exits).  LM
+requests: ``GET /pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to
+S seconds (at most half the host timeout); ``POST /respond {id, reply}``, 409 when no call
+waits for ``id`` any more.
+
+Bounds: an LM request unanswered after ``request_timeout_s`` fails in the sandbox as an
+``LMQueryError``; so does every waiting one once the host has not polled for
+``host_timeout_s`` (it is gone), and a new one fails at once.  A cell runs in a worker
+thread; past its limit a ``CellTimeout`` is raised in it, repeatedly for ``grace_s``
+seconds (this stops Python code, not a blocking C call such as ``time.sleep``).  A cell
+still running then is abandoned: it keeps running in the background until the sandbox ends,
+and the REPL is replaced by a fresh one holding the host's variables again.  A C call that
+holds the GIL (one huge allocation) stalls the broker too until it returns; the host's own
+timeout then reports the sandbox as not answering.  After every cell the ``builtins``
+module, which the cell shares with the broker's HTTP code, is put back as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import builtins
+import contextlib
+import hmac
+import itertools
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+if __package__:
+    from rlm.bridge import guest
+else:  # run as a file shipped next to guest.py
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import guest  # type: ignore[no-redef]
+
+VERSION = 1
+MAX_BODY_BYTES = 1 << 30
+TOKEN_ENV = "RLM_BROKER_TOKEN"
+
+
+_BUILTINS = dict(vars(builtins))  # as they were before any cell: the broker's own code uses them
+
+
+def _restore_builtins() -> None:
+    """Undo what a cell did to the ``builtins`` module this process shares with the broker."""
+    current = vars(builtins)
+    for name in set(current) - set(_BUILTINS):
+        del current[name]
+    current.update(_BUILTINS)
+
+
+class CellTimeout(BaseException):
+    """Raised inside a cell that ran past its time limit (``except Exception`` misses it)."""
+
+
+def _failure(message: str) -> dict[str, Any]:  # raised in the sandbox as an LMQueryError
+    return {"error": {"type": "BridgeProtocolError", "message": message}}
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    try:
+        import ctypes
+    except ImportError:  # no ctypes in this Python: the cell can only be abandoned
+        return
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(CellTimeout))
+
+
+@dataclass(slots=True)
+class _Request:
+    id: str
+    message: dict[str, Any]
+    reply: dict[str, Any] | None = None
+
+
+class Broker:
+    """The REPL and the queue of LM requests behind the HTTP endpoints (thread-safe)."""
+
+    def __init__(self, token: str, *, block_timeout_s: float = 300.0, grace_s: float = 2.0,
+                 request_timeout_s: float = 900.0, host_timeout_s: float = 60.0,
+                 capture_limit: int = 2_000_000) -> None:
+        self.token = token
+        self.block_timeout_s = block_timeout_s
+        self.grace_s = grace_s
+        self.request_timeout_s = request_timeout_s
+        self.host_timeout_s = host_timeout_s
+        self.capture_limit = capture_limit
+        self.closing = False
+        self._cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._waiting: dict[str, _Request] = {}
+        self._ids = itertools.count(1)
+        self._last_poll = time.monotonic()
+        self._control = threading.Lock()
+        self._variables: dict[str, Any] = {}
+        self.runtime = self._new_runtime()
+
+    def authorized(self, headers: Any) -> bool:
+        auth = headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else headers.get("X-RLM-Token", "")
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    # -- LM requests of the sandbox code --------------------------------------------------
+    def _host_gone(self) -> bool:
+        return time.monotonic() - self._last_poll > self.host_timeout_s
+
+    def enqueue(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``GuestRuntime``'s ``call``: queue ``message`` for the host and wait for its reply."""
+        request = _Request(str(next(self._ids)), message)
+        deadline = time.monotonic() + self.request_timeout_s
+        with self._cond:
+            if self._host_gone():
+                return _failure(f"the host has not polled for {self.host_timeout_s:g}s: gone")
+            self._queue.append(request)
+            self._waiting[request.id] = request
+            self._cond.notify_all()
+            try:
+                while request.reply is None:
+                    left = deadline - time.monotonic()
+                    if self.closing:
+                        return _failure("the sandbox's broker is shutting down")
+                    if left <= 0:
+                        return _failure(f"no reply from the host within "
+                                        f"{self.request_timeout_s:g}s")
+                    if self._host_gone():
+                        return _failure(f"the host stopped polling for {self.host_timeout_s:g}s"
+                                        " and is taken to be gone")
+                    self._cond.wait(min(0.25, left))
+                return request.reply
+            finally:
+                self._waiting.pop(request.id, None)
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(request)
+
+    def pending(self, wait_s: float) -> list[dict[str, Any]]:
+        """The host's long poll: queued requests, waiting up to ``wait_s`` for the first."""
+        deadline = time.monotonic() + max(0.0, min(wait_s, self.host_timeout_s / 2))
+        with self._cond:
+            self._last_poll = time.monotonic()
+            while not self._queue and not self.closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+        return [{"id": request.id, "message": request.message} for request in taken]
+
+    def respond(self, request_id: str, reply: Any) -> bool:
+        with self._cond:
+            request = self._waiting.get(request_id)
+            if request is None:
+                return False
+            request.reply = reply if isinstance(reply, dict) else _failure("malformed reply")
+            self._cond.notify_all()
+            return True
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self.closing = True
+            self._cond.notify_all()
+
+    # -- the REPL ---------------------------------------------------------------------------
+    def _new_runtime(self) -> guest.GuestRuntime:
+        runtime = guest.GuestRuntime(self.enqueue, capture_limit=self.capture_limit)
+        for name, value in self._variables.items():
+            runtime.set_variable(name, value)
+        return runtime
+
+    def set_variable(self, name: str, value: Any) -> None:
+        with self._control:
+            self._variables[name] = value
+            self.runtime.set_variable(name, value)
+
+    def _supervise(self, work: Callable[[guest.GuestRuntime], Any], limit: float
+                   ) -> tuple[str, Any]:
+        """Run ``work`` in a worker thread: ``("done", value)``, ``("failed", exception)``,
+        ``("stopped", value or None)`` once interrupted past ``limit``, or
+        ``("abandoned", None)``."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        runtime = self.runtime
+
+        def run() -> None:
+            try:
+                box["value"] = work(runtime)
+            except BaseException as exc:  # reported by the supervisor, not lost in a thread
+                box["failure"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=run, name="rlm-cell", daemon=True)
+        worker.start()
+        try:
+            if done.wait(limit):
+                return ("failed", box["failure"]) if "failure" in box else ("done", box["value"])
+            give_up = time.monotonic() + self.grace_s
+            while not done.is_set() and time.monotonic() < give_up:
+                _interrupt(worker)
+                done.wait(0.05)
+            if done.is_set():
+                return "stopped", box.get("value")
+            self.runtime = self._new_runtime()
+            return "abandoned", None
+        finally:
+            _restore_builtins()
+            self.runtime.namespace["__builtins__"] = guest.guarded_builtins()
+
+    def execute(self, code: str, timeout_s: float | None = None) -> dict[str, Any]:
+        limit = self.block_timeout_s if timeout_s is None else float(timeout_s)
+        started = time.monotonic()
+        with self._control:
+            state, result = self._supervise(lambda runtime: runtime.run_cell(code), limit)
+        if state == "done":
+            return result
+        if state == "failed":  # the runtime itself broke, not the model's code
+            error, result = f"BrokerError: {type(result).__name__}: {result}", None
+        else:
+            error = f"TimeoutError: the block ran past {limit:g}s and was stopped; " + (
+                "your variables are kept" if state == "stopped" else
+                "it did not stop, so the REPL was restarted: `context` is back, your other "
+                "variables are gone")
+        return {"stdout": "", "stderr": "", "notes": [], **(result or {}), "final": None,
+                "elapsed_s": time.monotonic() - started, "error": error}
+
+    def final_text(self, expression: str) -> str:
+        with self._control:
+            state, text = self._supervise(
+                lambda runtime: runtime.evaluate_final_text(expression), self.block_timeout_s)
+        return text if state == "done" else expression.strip()
+
+
+def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str, list[str]]
+           ) -> tuple[int, dict[str, Any]]:
+    if endpoint == "GET /health":
+        return 200, {"ok": True, "pid": os.getpid(), "version": VERSION}
+    if endpoint == "POST /exec":
+        return 200, broker.execute(str(body["code"]), body.get("timeout_s"))
+    if endpoint == "POST /set_var":
+        fmt, data = body["format"], body["data"]
+        if fmt not in ("text", "bytes", "json"):
+            raise ValueError(f"unknown format {fmt!r}")
+        value = base64.b64decode(data) if fmt == "bytes" else str(data) if fmt == "text" else data
+        broker.set_variable(str(body["name"]), value)
+        return 200, {"ok": True}
+    if endpoint == "POST /final_text":
+        return 200, {"text": broker.final_text(str(body["expression"]))}
+    if endpoint == "POST /shutdown":
+        broker.shutdown()
+        return 200, {"ok": True}
+    if endpoint == "GET /pending":
+        wait_s = float(query.get("wait", ["0"])[0])
+        return 200, {"requests": broker.pending(wait_s), "shutdown": broker.closing}
+    if endpoint == "POST /respond":
+        if broker.respond(str(body["id"]), body["reply"]):
+            return 200, {"ok": True}
+        return 409, {"error": "no call waits for this id (it timed out or was answered)"}
+    return 404, {"error": f"no endpoint {endpoint}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the broker's streams belong to the REPL."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        broker = self.server.broker
+        url = urlsplit(self.path)
+        length = self.headers.get("Content-Length") or "0"
+        size = int(length) if length.isdigit() else -1
+        if not broker.authorized(self.headers):
+            self.close_connection = True
+            if 0 < size <= 65536:  # drained, else closing on unread bytes may reset the reply
+                self.rfile.read(size)
+            return self._send(401, {"error": "missing or wrong token"})
+        if not 0 <= size <= MAX_BODY_BYTES:
+            self.close_connection = True
+            return self._send(413, {"error": f"a body is 0 to {MAX_BODY_BYTES} bytes"})
+        body = self.rfile.read(size) if size else b""
+        try:
+            payload = json.loads(body) if body else {}
+            if not isinstance(payload, dict):
+                raise ValueError("the body must be a JSON object")
+            status, reply = _route(broker, f"{method} {url.path}", payload, parse_qs(url.query))
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
+        self._send(status, reply)
+        if url.path == "/shutdown":
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+    def _send(self, status: int, reply: dict[str, Any]) -> None:
+        data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:  # tell the client, or it reuses a closed connection
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the host hung up; it will see the failure on its side
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    broker: Broker
+
+
+def _read_token(path: str | None) -> str:
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # nothing else in the sandbox needs to find it
+    else:
+        token = os.environ.pop(TOKEN_ENV, "")
+    if not token:
+        sys.exit(f"rlm broker: no token: pass --token-file or set {TOKEN_ENV}")
+    return token
+
+
+def _watch(pipe: Any, broker: Broker, server: _Server) -> None:
+    """End with the host: its end of our stdin closes when it dies."""
+    while pipe.read(4096):
+        pass
+    broker.shutdown()
+    server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="rlm's REPL broker, run inside a sandbox")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--bind", default="127.0.0.1", help="0.0.0.0 behind a cloud's tunnel")
+    parser.add_argument("--token-file", help=f"read the token here and delete the file "
+                                             f"(default: ${TOKEN_ENV}); never on argv")
+    for flag, seconds in (("--block-timeout", 300.0), ("--grace", 2.0),
+                          ("--request-timeout", 900.0), ("--host-timeout", 60.0)):
+        parser.add_argument(flag, type=float, default=seconds)
+    parser.add_argument("--capture-limit", type=int, default=2_000_000)
+    parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument("--remove-on-exit", help="a folder to delete when the broker ends")
+    args = parser.parse_args(argv)
+    broker = Broker(_read_token(args.token_file), block_timeout_s=args.block_timeout,
+                    grace_s=args.grace, request_timeout_s=args.request_timeout,
+                    host_timeout_s=args.host_timeout, capture_limit=args.capture_limit)
+    server = _Server((args.bind, args.port), _Handler)
+    server.broker = broker
+    ready = {"rlm_broker": VERSION, "port": server.server_address[1], "pid": os.getpid()}
+    print(json.dumps(ready), flush=True)
+    os.dup2(2, 1)  # whatever runs here prints to stderr, never into a pipe nobody reads
+    if args.exit_on_stdin_eof:
+        pipe = os.fdopen(os.dup(0), "rb", buffering=0)
+        threading.Thread(target=_watch, args=(pipe, broker, server), daemon=True).start()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the REPL's stdin reads nothing
+    os.close(null)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        if args.remove_on_exit:  # even when the host died and cannot clean up
+            shutil.rmtree(args.remove_on_exit, ignore_errors=True)
+        sys.stderr.flush()
+        os._exit(0)  # abandoned cells must not keep the process alive
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The ``ipython`` environment: the guest runtime inside a Jupyter kernel (ipykernel).
+
+The kernel is started with ``jupyter_client`` in its own process and session, bound to
+127.0.0.1, with a clean environment and its connection file in a private directory.  It
+imports the runner shipped into its scratch directory (which takes ``guest`` from the
+installed ``rlm.bridge`` when the kernel's Python has it, else the shipped ``guest.py``)
+and builds one ``guest.GuestRuntime``; each block runs as ``runtime.run_cell(code)`` and
+its result comes back as JSON in the execute reply's ``user_expressions``.  LM requests go
+to an ``LMServer`` over TCP with a secret token, as in the process environments.  Values
+cross by file, never as code literals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from rlm.bridge.tcp import LMServer
+from rlm.environments.base import Environment, HostCall
+from rlm.environments.process import _SAFE_ENV, ship_runner, write_value
+from rlm.errors import EnvError, EnvStartError
+from rlm.types import ExecResult
+
+__all__ = ["IPythonEnvironment"]
+
+_T = TypeVar("_T")
+_MIME = "application/vnd.rlm.reply+json"
+_LOST = "the REPL was restarted: `context` is back, your other variables are gone"
+# Runs once in the kernel's own namespace (the model's namespace is the runtime's).
+_BOOTSTRAP = f'''
+class _RLMReply:
+    """Carries a JSON value back to the host in the execute reply's user_expressions."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {{{_MIME!r}: self.value}}
+
+
+def _rlm_start(ship):
+    import json, os, sys
+    sys.path.insert(0, ship)
+    import runner
+    runner.apply_limits()
+    init_path = os.path.join(ship, "init.json")
+    with open(init_path, encoding="utf-8") as handle:
+        init = json.load(handle)
+    os.remove(init_path)
+    call = runner.lm_caller(init["lm_address"], init["token"])
+    return runner, runner.guest.GuestRuntime(call, capture_limit=init["capture_limit"])
+
+
+_rlm_reply = _RLMReply()
+'''
+
+
+class _SpecManager(KernelSpecManager):
+    """Always the ipykernel of this interpreter, whatever kernels the machine has installed."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        argv = [sys.executable, "-I", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                "--HistoryManager.enabled=False"]
+        return KernelSpec(argv=argv, display_name="rlm", language="python",
+                          interrupt_mode="signal")
+
+
+class _KernelDied(Exception):
+    """The kernel process ended."""
+
+
+class _KernelFailed(Exception):
+    """The wrapper code itself raised in the kernel (``ename: evalue``)."""
+
+
+class IPythonEnvironment(Environment):
+    """A Jupyter kernel per REPL, driven by ``jupyter_client``.
+
+    Isolates: the host's memory and variables (the kernel gets no host environment
+    variable, so no API key), a crash or kill of the kernel (it is restarted and the
+    host's variables such as ``context`` are loaded again; the model's are lost), runaway
+    blocks: past ``block_timeout_s`` the kernel is interrupted (SIGINT) and the variables
+    survive; a block that ignores the interrupt for ``interrupt_grace_s`` gets the kernel
+    restarted.  rlimits as in ``SubprocessEnvironment`` (``memory_mb`` of address space,
+    ``max_processes``, ``max_file_mb``, no core dumps); as root the process limit is not
+    enforced and the code may raise the limits again.  Does NOT isolate: files, the
+    network, other processes of the same user.  Host-side ``tools`` cannot cross into the
+    kernel and are not exposed.  Calls are serialised by a lock; make them from synchronous
+    code or a worker thread, not from inside a running event loop.
+    """
+
+    name = "ipython"
+    supports_persistence = True
+    supports_timeout = True
+    isolation = "separate process (Jupyter kernel), rlimits, same user; shares files and network"
+
+    def __init__(self, *, block_timeout_s: float = 300.0, interrupt_grace_s: float = 5.0,
+                 memory_mb: int | None = 4096, max_processes: int | None = 256,
+                 max_file_mb: int | None = 1024, capture_limit: int = 2_000_000,
+                 start_timeout_s: float = 60.0) -> None:
+        self.block_timeout_s = block_timeout_s
+        self.limits = {  # applied by the kernel to itself, as the runner does (RLM_LIMITS)
+            "memory_bytes": None if memory_mb is None else memory_mb << 20,
+            "processes": max_processes, "core_bytes": 0,
+            "file_bytes": None if max_file_mb is None else max_file_mb << 20,
+        }
+        self.interrupt_grace_s = interrupt_grace_s
+        self.capture_limit = capture_limit
+        self.start_timeout_s = start_timeout_s
+        self.scratch: Path | None = None
+        self._private: Path | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: LMServer | None = None
+        self._km: AsyncKernelManager | None = None
+        self._kc: AsyncKernelClient | None = None
+        self._variables: dict[str, tuple[str, str]] = {}
+        self._launches = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """The pid of the running kernel process (``None`` when none runs)."""
+        provisioner = None if self._km is None else self._km.provisioner
+        return getattr(provisioner, "pid", None)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            if self._km is not None:
+                return
+            if self._closed:
+                raise EnvError("the environment is closed")
+            self.scratch = Path(tempfile.mkdtemp(prefix="rlm-ipython-"))
+            self._private = Path(tempfile.mkdtemp(prefix="rlm-kernel-"))
+            (self.scratch / "tmp").mkdir()
+            ship_runner(self.scratch / ".rlm")
+            self._loop = asyncio.new_event_loop()
+            self._server = LMServer(call)
+            self._server.start()
+            try:
+                self._launch()
+            except BaseException:
+                self._release()
+                raise
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        assert self._loop is not None
+        return self._loop.run_until_complete(coro)
+
+    def _kernel_env(self) -> dict[str, str]:
+        assert self.scratch is not None
+        return {**_SAFE_ENV, "HOME": str(self.scratch), "TMPDIR": str(self.scratch / "tmp"),
+                "IPYTHONDIR": str(self.scratch / ".ipython"), "RLM_LIMITS": json.dumps(self.limits),
+                "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+    def _launch(self) -> None:
+        """Start a kernel, load the runtime into it and set the host's variables again."""
+        assert self.scratch is not None and self._private is not None
+        assert self._server is not None
+        self._launches += 1
+        connection_file = self._private / f"kernel-{self._launches}.json"
+        km = AsyncKernelManager(kernel_name="rlm", kernel_spec_manager=_SpecManager(),
+                                ip="127.0.0.1", transport="tcp",
+                                connection_file=str(connection_file))
+        log = self._private / "kernel.log"
+        self._km = km  # from now on _stop_kernel() reaps whatever was started
+        try:
+            with log.open("ab") as sink:  # the kernel keeps its own copy of the descriptor
+                self._run(km.start_kernel(env=self._kernel_env(), cwd=str(self.scratch),
+                                          stdin=None, stdout=sink, stderr=sink))
+        except Exception as exc:
+            self._stop_kernel()
+            raise EnvStartError(f"{self.name}: cannot start the kernel: {exc}") from exc
+        self._kc = km.client()
+        self._kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        ship = self.scratch / ".rlm"
+        init = {"lm_address": self._server.address, "token": self._server.token,
+                "capture_limit": self.capture_limit}
+        (ship / "init.json").write_text(json.dumps(init), encoding="utf-8")
+        try:
+            self._call(f"{_BOOTSTRAP}\n_rlm_runner, _rlm = _rlm_start({str(ship)!r})",
+                       self.start_timeout_s)
+            for name, (path, fmt) in self._variables.items():
+                self._call(self._set_code(name, path, fmt), self.start_timeout_s)
+        except (TimeoutError, _KernelDied, _KernelFailed) as exc:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            self._stop_kernel()
+            raise EnvStartError(f"{self.name}: the kernel did not start ({exc or 'timed out'})"
+                                f"; its log ends with:\n{tail}") from exc
+
+    def _stop_kernel(self) -> None:
+        """Kill the kernel's whole process group and remove its connection file."""
+        km, kc, self._km, self._kc = self._km, self._kc, None, None
+        if kc is not None:
+            kc.stop_channels()
+        if km is not None:
+            self._run(km.shutdown_kernel(now=True))
+
+    def _restart(self) -> None:
+        self._stop_kernel()
+        self._launch()
+
+    # -- talking to the kernel ----------------------------------------------------------------
+    def _send(self, code: str) -> str:
+        assert self._kc is not None
+        return self._kc.execute(code, silent=True, store_history=False, allow_stdin=False,
+                                user_expressions={"reply": "_rlm_reply"})
+
+    async def _await(self, msg_id: str, timeout_s: float) -> Any:
+        assert self._kc is not None and self._km is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                message = await self._kc.get_shell_msg(timeout=min(left, 0.2))
+            except queue.Empty:
+                provisioner = self._km.provisioner
+                code = None if provisioner is None else await provisioner.poll()
+                if code is not None:
+                    raise _KernelDied(f"the kernel process ended (exit code {code})") from None
+                continue
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue  # the late reply of a block that timed out
+            content = message["content"]
+            if content.get("status") != "ok":
+                raise _KernelFailed(f"{content.get('ename')}: {content.get('evalue')}")
+            reply = content.get("user_expressions", {}).get("reply", {})
+            if reply.get("status") != "ok":
+                raise _KernelFailed(f"{reply.get('ename')}: {reply.get('evalue')}")
+            return reply["data"][_MIME]
+
+    def _call(self, code: str, timeout_s: float) -> Any:
+        return self._run(self._await(self._send(code), timeout_s))
+
+    @staticmethod
+    def _set_code(name: str, path: str, fmt: str) -> str:
+        return (f"_rlm.set_variable({name!r}, _rlm_runner.load_value({path!r}, {fmt!r}))\n"
+                "_rlm_reply = _RLMReply()")
+
+    # -- the REPL ----------------------------------------------------------------------------
+    def set_variable(self, name: str, value: Any) -> None:
+        if self.scratch is None or self._km is None:
+            raise EnvError("start the environment first")
+        path, fmt = write_value(self.scratch / ".rlm", name, value, owner=self.name)
+        self._variables[name] = (str(path), fmt)
+        with self._lock:
+            try:
+                self._call(self._set_code(name, str(path), fmt), self.start_timeout_s)
+            except (TimeoutError, _KernelDied, _KernelFailed) as exc:
+                self._restart()  # loads every host variable, this one included
+                if isinstance(exc, _KernelFailed):
+                    raise EnvError(f"{self.name}: cannot set {name!r}: {exc}") from exc
+
+    def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
+        if self._km is None:
+            raise EnvError("start the environment first")
+        limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
+        started = time.monotonic()
+        with self._lock:
+            msg_id = self._send(f"_rlm_reply = _RLMReply(_rlm.run_cell({code!r}))")
+            try:
+                return ExecResult.from_dict(self._run(self._await(msg_id, limit)))
+            except TimeoutError:
+                return self._interrupt(msg_id, limit, started)
+            except _KernelDied as exc:
+                self._restart()
+                return ExecResult(error=f"ProcessDied: {exc} (killed or out of memory); "
+                                        f"{_LOST}", elapsed_s=time.monotonic() - started)
+            except _KernelFailed as exc:
+                raise EnvError(f"{self.name}: the kernel failed to run the block: {exc}") from exc
+
+    def _interrupt(self, msg_id: str, limit: float, started: float) -> ExecResult:
+        assert self._km is not None
+        self._run(self._km.interrupt_kernel())
+        try:
+            value = self._run(self._await(msg_id, self.interrupt_grace_s))
+        except _KernelFailed:  # interrupted outside the model's code: nothing to report
+            value = {}
+        except (TimeoutError, _KernelDied):
+            self._restart()
+            return ExecResult(error=(
+                f"TimeoutError: the block ran past {limit:g}s and did not stop when "
+                f"interrupted; {_LOST}"), elapsed_s=time.monotonic() - started)
+        value.update(elapsed_s=time.monotonic() - started, error=(
+            f"TimeoutError: the block ran past {limit:g}s and was interrupted "
+            "(KeyboardInterrupt); your variables are kept, the block's work may be partial"))
+        return ExecResult.from_dict(value)
+
+    def resolve_final_text(self, expression: str) -> str:
+        if self._km is None:
+            raise EnvError("start the environment first")
+        with self._lock:
+            code = f"_rlm_reply = _RLMReply(_rlm.evaluate_final_text({expression!r}))"
+            try:
+                return str(self._call(code, self.block_timeout_s))
+            except (TimeoutError, _KernelDied, _KernelFailed) as exc:
+                self._restart()
+                raise EnvError(f"{self.name}: cannot evaluate FINAL({expression}): "
+                               f"{exc or 'timed out'}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        try:
+            self._stop_kernel()
+        finally:
+            if self._server is not None:
+                self._server.close()
+            if self._loop is not None:
+                self._loop.close()
+            for folder in (self.scratch, self._private):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)

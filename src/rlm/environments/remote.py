@@ -1,0 +1,381 @@
+"""REPLs in sandboxes the host cannot be reached from, driven over HTTP.
+
+``RemoteEnvironment`` is the one base of every cloud sandbox: it ships ``guest.py`` and
+``broker.py`` (``rlm.bridge.broker``) into the sandbox, starts the broker there and talks
+to it only through its URL, with a bearer token.  A poller thread long-polls the broker for
+the LM requests of the sandbox code and answers each with the ``call`` given to
+``start`` (the host's LM handler), so keys never enter the sandbox.  A cloud adapter only
+says how to create the sandbox, copy files in, start a command and reach a port.
+``LocalRemoteEnvironment`` runs the broker as a local process: the same code path, for tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rlm.core.context import FolderContext
+from rlm.environments.base import Environment, HostCall
+from rlm.environments.process import RUNNER_FILES
+from rlm.errors import EnvError, EnvStartError, MissingDependencyError, RLMError
+from rlm.types import ExecResult
+
+__all__ = ["LocalRemoteEnvironment", "RemoteEnvironment", "import_sdk"]
+
+_SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def import_sdk(module: str, extra: str) -> Any:
+    """Import a cloud SDK, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the {extra!r} environment needs the {module} package: pip install 'rlm[{extra}]'"
+        ) from exc
+
+
+def _encode(name: str, value: Any, owner: str) -> dict[str, Any]:
+    """A value as the body of ``POST /set_var``: never as a code literal."""
+    if isinstance(value, str):
+        return {"name": name, "format": "text", "data": value}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"name": name, "format": "bytes", "data": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, FolderContext):
+        value = dict(value.items())
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} cannot be "
+                       "sent to a sandbox (use str, bytes, list, dict)") from exc
+    return {"name": name, "format": "json", "data": value}
+
+
+class RemoteEnvironment(Environment):
+    """A REPL in a sandbox, reached only over HTTP at the URL of its broker.
+
+    Lifecycle of ``start``: ``provision()`` creates the sandbox, ``upload(files)`` copies
+    the runtime and a one-time token file in, ``launch(argv)`` starts the broker in the
+    background (it reads and deletes the token file: the token is never on a command line),
+    ``broker_url()`` says where it answers; then ``GET /health`` is polled until it does.
+    A start that fails calls ``teardown()``, and so does ``close()``.
+
+    - ``block_timeout_s``: wall-clock limit of one block, enforced by the broker: the block
+      is interrupted (variables kept); one that ignores it (a blocking C call) is abandoned
+      and the REPL replaced (``context`` is back, the model's variables are gone).
+    - ``request_timeout_s``: an LM request of the sandbox code that gets no reply fails.
+    - ``host_timeout_s``: the broker fails pending LM requests once the host has not polled
+      for this long (the host polls at least four times as often).
+    - A sandbox that stops answering raises ``EnvError``; nothing waits unbounded.
+
+    ``tools`` are not available in the sandbox (functions cannot travel over HTTP).
+    """
+
+    supports_persistence = True
+    supports_timeout = True
+    #: Where the shipped files go inside the sandbox.
+    remote_dir: str = "/tmp/rlm"
+    #: The sandbox's Python.
+    python: str = "python3"
+    #: The broker listens here, behind the cloud's tunnel or proxy.
+    bind_host: str = "0.0.0.0"
+
+    def __init__(self, *, block_timeout_s: float = 300.0, request_timeout_s: float = 900.0,
+                 host_timeout_s: float = 60.0, start_timeout_s: float = 180.0,
+                 capture_limit: int = 2_000_000, max_concurrent_calls: int = 32,
+                 port: int = 8765) -> None:
+        self.block_timeout_s = block_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.host_timeout_s = host_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.capture_limit = capture_limit
+        self.max_concurrent_calls = max_concurrent_calls
+        self.port = port
+        self.grace_s = 2.0
+        self.base_url: str | None = None
+        self._token = secrets.token_urlsafe(32)
+        self._call: HostCall | None = None
+        self._client: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._provisioned = False
+        self._closed = False
+
+    # -- what an adapter provides ------------------------------------------------------------
+    @abstractmethod
+    def provision(self) -> None:
+        """Create (or attach to) the sandbox."""
+
+    @abstractmethod
+    def upload(self, files: dict[str, bytes]) -> None:
+        """Write each ``{absolute sandbox path: content}``, creating folders."""
+
+    @abstractmethod
+    def launch(self, argv: list[str]) -> None:
+        """Start ``argv`` in the sandbox in the background and return at once."""
+
+    @abstractmethod
+    def broker_url(self) -> str:
+        """The URL at which the host reaches the broker's ``self.port``."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Delete the sandbox; called once, also after a failed or partial start."""
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers of every request to the broker (an adapter may add its proxy's)."""
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def launch_broker_command(self) -> list[str]:
+        folder = self.remote_dir
+        return [self.python, f"{folder}/broker.py", "--bind", self.bind_host,
+                "--port", str(self.port), "--token-file", f"{folder}/token",
+                "--block-timeout", f"{self.block_timeout_s:g}", "--grace", f"{self.grace_s:g}",
+                "--request-timeout", f"{self.request_timeout_s:g}",
+                "--host-timeout", f"{self.host_timeout_s:g}",
+                "--capture-limit", str(self.capture_limit)]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+        if self._client is not None:
+            return
+        if self._closed:
+            raise EnvError("the environment is closed")
+        self._call = call
+        try:
+            self._provisioned = True
+            self.provision()
+            self.upload(self._shipped_files())
+            self.launch(self.launch_broker_command())
+            self.base_url = self.broker_url().rstrip("/")
+            self._client = httpx.Client(base_url=self.base_url, headers=self.request_headers(),
+                                        timeout=httpx.Timeout(30.0, connect=10.0))
+            self._wait_until_healthy()
+        except BaseException as exc:
+            self._closed = True
+            self._shut()
+            if isinstance(exc, RLMError) or not isinstance(exc, Exception):
+                raise
+            raise EnvStartError(f"{self.name}: cannot start the sandbox: {exc}") from exc
+        self._pool = ThreadPoolExecutor(self.max_concurrent_calls,
+                                        thread_name_prefix=f"rlm-{self.name}-call")
+        self._poller = threading.Thread(target=self._poll, name=f"rlm-{self.name}-poller",
+                                        daemon=True)
+        self._poller.start()
+
+    def _shipped_files(self) -> dict[str, bytes]:
+        files = {f"{self.remote_dir}/{name}": resources.files("rlm.bridge").joinpath(name)
+                 .read_bytes() for name in RUNNER_FILES}
+        files[f"{self.remote_dir}/token"] = self._token.encode()
+        return files
+
+    def _wait_until_healthy(self) -> None:
+        assert self._client is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            try:
+                reply = self._client.get("/health", timeout=5.0)
+                if reply.status_code == 200:
+                    return
+                raise EnvStartError(f"{self.name}: the broker answered /health with HTTP "
+                                    f"{reply.status_code}")
+            except httpx.TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise EnvStartError(f"{self.name}: the broker did not answer within "
+                                        f"{self.start_timeout_s:g}s: {exc}") from exc
+            time.sleep(0.1)
+
+    # -- the host's side of the LM broker ----------------------------------------------------
+    def _poll(self) -> None:
+        client, pool = self._client, self._pool
+        assert client is not None and pool is not None
+        wait_s = min(20.0, self.host_timeout_s / 4)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                reply = client.get("/pending", params={"wait": f"{wait_s:g}"},
+                                   timeout=wait_s + 30.0)
+                reply.raise_for_status()
+                body = reply.json()
+            except (httpx.HTTPError, ValueError, RuntimeError):
+                # The sandbox may be restarting or gone; execute() reports that.  Back off.
+                failures += 1
+                self._stopping.wait(min(2.0, 0.05 * 2 ** failures))
+                continue
+            failures = 0
+            if body.get("shutdown"):
+                return
+            for item in body.get("requests", []):
+                try:
+                    pool.submit(self._answer, client, item["id"], item["message"])
+                except RuntimeError:  # the pool is shut: the environment is closing
+                    return
+
+    def _answer(self, client: httpx.Client, request_id: str, message: dict[str, Any]) -> None:
+        assert self._call is not None
+        try:
+            reply = self._call(message)
+        except Exception as exc:  # a bug in the handler must reach the sandbox as an error
+            reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        # A reply that cannot be delivered fails in the sandbox within its bounds, where the
+        # model sees it; nothing on the host waits for it.
+        with contextlib.suppress(httpx.HTTPError, RuntimeError):
+            client.post("/respond", json={"id": request_id, "reply": reply}, timeout=30.0)
+
+    # -- the REPL ----------------------------------------------------------------------------
+    def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self._client is None:
+            raise EnvError(f"{self.name}: start the environment first")
+        try:
+            reply = self._client.post(path, json=body,
+                                      timeout=httpx.Timeout(timeout_s, connect=10.0))
+        except httpx.TimeoutException as exc:
+            raise EnvError(f"{self.name}: the sandbox did not answer {path} within "
+                           f"{timeout_s:g}s") from exc
+        except httpx.TransportError as exc:
+            raise EnvError(f"{self.name}: the sandbox cannot be reached ({exc}); it has "
+                           "stopped or was killed") from exc
+        if reply.status_code != 200:
+            raise EnvError(f"{self.name}: the broker refused {path}: HTTP "
+                           f"{reply.status_code} {reply.text[:200]}")
+        return reply.json()
+
+    def set_variable(self, name: str, value: Any) -> None:
+        with self._lock:
+            self._post("/set_var", _encode(name, value, self.name), self.start_timeout_s)
+
+    def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
+        limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
+        with self._lock:
+            reply = self._post("/exec", {"code": code, "timeout_s": limit},
+                               limit + self.grace_s + 30.0)
+        return ExecResult.from_dict(reply)
+
+    def resolve_final_text(self, expression: str) -> str:
+        with self._lock:
+            return str(self._post("/final_text", {"expression": expression},
+                                  self.block_timeout_s + self.grace_s + 30.0)["text"])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._shut()
+
+    def _shut(self) -> None:
+        self._stopping.set()
+        client, self._client = self._client, None
+        if client is not None:
+            # Ends the broker and wakes the poller's long poll; a dead broker fails at once.
+            with contextlib.suppress(httpx.HTTPError):
+                client.post("/shutdown", json={}, timeout=5.0)
+        if self._poller is not None:
+            self._poller.join(timeout=10.0)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if client is not None:
+            client.close()
+        if self._provisioned:
+            self._provisioned = False
+            try:
+                self.teardown()
+            except Exception as exc:  # whatever the SDK raises, say which step failed
+                raise EnvError(f"{self.name}: could not delete the sandbox: {exc}") from exc
+
+
+class LocalRemoteEnvironment(RemoteEnvironment):
+    """The broker as a local process on 127.0.0.1, reached only over HTTP: the cloud code path.
+
+    Isolates: the host's memory and variables (the process gets no host environment
+    variable, so no API key), a crash of the REPL.  Does NOT isolate: the file system, the
+    network, other processes of the same user.  It exists to test ``RemoteEnvironment``
+    and the broker without a cloud; the process ends when the host does (its stdin closes).
+    """
+
+    name = "remote-local"
+    isolation = "separate process reached over HTTP on 127.0.0.1; shares files and network"
+    bind_host = "127.0.0.1"
+
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("port", 0)
+        super().__init__(**options)
+        self.python = sys.executable
+        self.scratch: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def provision(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="rlm-remote-"))
+        (self.scratch / "tmp").mkdir()
+        self.remote_dir = str(self.scratch / ".rlm")
+
+    def upload(self, files: dict[str, bytes]) -> None:
+        for path, data in files.items():
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o600)
+
+    def launch_broker_command(self) -> list[str]:
+        python, *rest = super().launch_broker_command()
+        return [python, "-I", "-u", *rest, "--exit-on-stdin-eof",
+                "--remove-on-exit", str(self.scratch)]
+
+    def launch(self, argv: list[str]) -> None:
+        assert self.scratch is not None
+        env = {**_SAFE_ENV, "HOME": str(self.scratch), "TMPDIR": str(self.scratch / "tmp")}
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, cwd=self.scratch, env=env,
+                                      start_new_session=True)
+
+    def broker_url(self) -> str:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], self.start_timeout_s)
+        line = proc.stdout.readline() if ready else b""
+        proc.stdout.close()
+        if not line:
+            raise EnvStartError(f"{self.name}: the broker did not start (exit code "
+                                f"{proc.poll()})")
+        return f"http://127.0.0.1:{json.loads(line)['port']}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    def teardown(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2.0)  # after /shutdown it exits by itself
+            # Whatever it exited or not, end its whole group (processes model code started).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10.0)
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
