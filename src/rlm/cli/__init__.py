@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Imported last: the commands read DEFAULT_BACKEND from this module.
+from rlm.cli.bench import bench  # noqa: E402
 from rlm.cli.demo import demo  # noqa: E402
 from rlm.cli.listing import backends, envs, trace  # noqa: E402
 from rlm.cli.run import run  # noqa: E402
 
-for _command in (run, demo, backends, envs, trace):
+for _command in (run, bench, demo, backends, envs, trace):
     cli.add_command(_command)

@@ -1,0 +1,207 @@
+"""Run methods on task instances and append one JSONL row per (instance, method).
+
+The results file is the state: a row is written (and flushed) as soon as a method finishes,
+and a new run skips every (instance, method, backend model) already in the file, so an
+interrupted run resumes where it stopped.  A truncated last line (a crash mid-write) is
+ignored and the next row starts on a new line.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import itertools
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlm import ConfigError, LMBackend, registry
+from rlm.bench.methods import METHODS, MethodConfig, MethodResult, run_method
+from rlm.bench.tasks import TASKS, Instance, make_instance
+
+__all__ = ["read_rows", "row_key", "run"]
+
+Key = tuple[str, str, str]
+
+
+def row_key(row: Mapping[str, Any]) -> Key:
+    """What identifies a result: the instance id, the method and the backend model."""
+    return (str(row.get("id")), str(row.get("method")), str(row.get("model")))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Every well-formed row of a results file (none when it does not exist)."""
+    file = Path(path)
+    if not file.exists():
+        return []
+    rows = []
+    with file.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by an interrupted write
+            if isinstance(row, dict) and "id" in row and "method" in row:
+                rows.append(row)
+    return rows
+
+
+class _Results:
+    """The results file, appended to from many threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as handle:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":
+                    with path.open("a", encoding="utf-8") as out:
+                        out.write("\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        with self.lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+
+
+def _row(instance: Instance, method: str, backend: LMBackend, result: MethodResult | None,
+         error: BaseException | None) -> dict[str, Any]:
+    prediction = None if result is None else result.answer
+    row: dict[str, Any] = {
+        "id": instance.id, "task": instance.task, "length": instance.length,
+        "seed": instance.seed, "method": method, "backend": backend.name,
+        "model": backend.model_name, "context_tokens": instance.context_tokens,
+        "question": instance.question, "answer": instance.answer,
+        "prediction": prediction, "score": instance.score(prediction),
+    }
+    if result is not None:
+        row.update(input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                   cost_usd=result.cost_usd, calls=result.calls,
+                   latency_s=round(result.latency_s, 3), stop_reason=result.stop_reason,
+                   extra=result.extra)
+    row["error"] = None if error is None else f"{type(error).__name__}: {error}"
+    row["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return row
+
+
+def _backend(backend: str | LMBackend, kwargs: Mapping[str, Any] | None
+             ) -> tuple[LMBackend, bool]:
+    if isinstance(backend, LMBackend):
+        if kwargs:
+            raise ConfigError("backend_kwargs only apply when the backend is given by name")
+        return backend, False
+    return registry.create_backend(backend, dict(kwargs or {})), True
+
+
+def _check(names: Iterable[str], known: Mapping[str, Any], what: str) -> list[str]:
+    names = list(names)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(known)}")
+    if not names:
+        raise ConfigError(f"give at least one {what}")
+    return names
+
+
+def _progress(enabled: bool, methods: Sequence[str], totals: Mapping[str, int],
+              done: Mapping[str, int]) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description:<12}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=not enabled)
+    bars = {m: progress.add_task(m, total=totals[m], completed=done[m]) for m in methods}
+    return progress, bars
+
+
+def run(
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    methods: Sequence[str],
+    backend: str | LMBackend = "local",
+    backend_kwargs: Mapping[str, Any] | None = None,
+    instances: int = 1,
+    out_path: str | Path = "results.jsonl",
+    concurrency: int = 1,
+    *,
+    seed: int = 0,
+    config: MethodConfig | None = None,
+    progress: bool = True,
+    retry_errors: bool = False,
+) -> list[dict[str, Any]]:
+    """Run every method on ``instances`` seeds of every task at every length.
+
+    Rows already in ``out_path`` for the same backend model are skipped (with
+    ``retry_errors``, rows that failed are run again and the new row is appended).
+    ``concurrency`` instances run at once in a thread pool (the local backend still makes
+    one model call at a time).  Returns the rows of this grid, old and new.
+    """
+    tasks = _check(tasks, TASKS, "task")
+    methods = _check(methods, METHODS, "method")
+    if instances < 1 or concurrency < 1 or not lengths:
+        raise ConfigError("instances and concurrency must be >= 1, and lengths not empty")
+    config = config or MethodConfig()
+    results = _Results(Path(out_path))
+    model, owned = _backend(backend, backend_kwargs)
+    try:
+        existing = {row_key(r): r for r in read_rows(results.path)
+                    if not (retry_errors and r.get("error"))}
+        grid = list(itertools.product(tasks, lengths, range(seed, seed + instances)))
+        pending: list[tuple[str, int, int, list[str]]] = []
+        totals = dict.fromkeys(methods, len(grid))
+        done = dict.fromkeys(methods, 0)
+        for task, length, s in grid:
+            todo = [m for m in methods
+                    if (f"{task}-{length}-s{s}", m, model.model_name) not in existing]
+            for m in methods:
+                done[m] += m not in todo
+            if todo:
+                pending.append((task, length, s, todo))
+        bar, bars = _progress(progress, methods, totals, done)
+
+        stop = threading.Event()
+
+        def work(task: str, length: int, s: int, todo: list[str]) -> None:
+            if stop.is_set():
+                return
+            instance = make_instance(task, length, s)
+            for method in todo:
+                if stop.is_set():
+                    return
+                result, error = None, None
+                try:
+                    result = run_method(method, instance, model, config)
+                except Exception as exc:  # recorded in the row: one failure never stops a run
+                    error = exc
+                except BaseException:
+                    stop.set()
+                    raise
+                row = _row(instance, method, model, result, error)
+                results.append(row)
+                existing[row_key(row)] = row
+                bar.advance(bars[method])
+
+        with bar, cf.ThreadPoolExecutor(max_workers=concurrency,
+                                        thread_name_prefix="rlm-bench") as pool:
+            futures = [pool.submit(work, *job) for job in pending]
+            try:
+                for future in cf.as_completed(futures):
+                    future.result()
+            except BaseException:
+                # Ctrl-C: no new instance or method starts; the ones under way finish.
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+        keys = {(f"{t}-{n}-s{s}", m, model.model_name)
+                for t, n, s in grid for m in methods}
+        return [row for key, row in existing.items() if key in keys]
+    finally:
+        if owned:
+            model.close()
