@@ -56,7 +56,7 @@ class LocalBackend(LMBackend):
         *,
         n_ctx: int = 8192,
         n_threads: int | None = None,
-        lanes: int = 3,
+        lanes: int = 2,
         max_output_tokens: int = 512,
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
