@@ -63,6 +63,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # a burst of concurrent llm_query calls must not wait on SYN retries
     owner: LMServer
 
 
