@@ -30,10 +30,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
+
+from tests.fakes.openai_server import LoopbackHTTPServer
 
 __all__ = ["Attempt", "FaultProxy"]
 
@@ -57,28 +59,12 @@ class Attempt:
     response: Any = None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
+class _Server(LoopbackHTTPServer):
     request_queue_size = 64
 
     def __init__(self, proxy: FaultProxy) -> None:
         self.proxy = proxy
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self.connections_lock:
-                self.connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that time out or disconnect are part of the tests
+        super().__init__(_Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -127,12 +113,7 @@ class FaultProxy:
         client, self._client = self._client, None
         if server is None:
             return
-        server.shutdown()
-        with server.connections_lock:  # idle keep-alive connections would block the join
-            for conn in server.connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RD)
-        server.server_close()  # joins the handler threads
+        server.close(socket.SHUT_RD)  # idle keep-alive connections would block the join
         if thread is not None:
             thread.join(timeout=5)
         if client is not None:

@@ -67,16 +67,18 @@ class ScriptedResponse:
     drop: bool = False
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 that tracks its open connections, so ``close``
+    can end idle keep-alive connections instead of waiting for them."""
+
     daemon_threads = False  # server_close() joins the handler threads
     block_on_close = True
     request_queue_size = 256  # the default 5 drops bursts of connects (1 s SYN retries)
 
-    def __init__(self, fake: FakeOpenAIServer) -> None:
-        self.fake = fake
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", 0), handler)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -89,6 +91,21 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that time out or disconnect are part of the tests
+
+    def close(self, how: int = socket.SHUT_RDWR) -> None:
+        """Stop serving, shut open connections down (``how``), join the handler threads."""
+        self.shutdown()
+        with self.connections_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(how)
+        self.server_close()
+
+
+class _Server(LoopbackHTTPServer):
+    def __init__(self, fake: FakeOpenAIServer) -> None:
+        self.fake = fake
+        super().__init__(_Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -142,12 +159,7 @@ class FakeOpenAIServer:
         if server is None:
             return
         self._stopping.set()
-        server.shutdown()
-        with server.connections_lock:
-            for conn in server.connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
+        server.close()
         if thread is not None:
             thread.join(timeout=5)
 
