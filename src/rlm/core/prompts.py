@@ -47,11 +47,11 @@ nothing else. I run it and show you what it printed. When the printed output sho
 answer, reply with a block that calls FINAL(answer).
 
 Example.
-Question: What port does the payments service use?
+Question: What port does the Payments service use?
 ```python
 import re
 for line in context.split("\\n"):
-    if "payments" in line.lower() and "port" in line.lower():
+    if re.search(r"Payments", line, re.I) and re.search(r"port", line, re.I):
         print(line)
 ```
 Output: 2024-03-01 payments service listening on port 8443
@@ -59,7 +59,7 @@ Output: 2024-03-01 payments service listening on port 8443
 FINAL("8443")
 ```
 
-Rules: search with keywords from the question; print only matching lines, never the \
+Rules: search with distinctive words from the question; print only matching lines, never the \
 whole context; never assign to `context`.{small_sub_calls}
 {tools}"""
 
@@ -111,6 +111,7 @@ class PromptProfile:
     system: str
     continue_text: str
     max_output_chars: int | None = None
+    miss_text: str | None = None
 
 
 PROFILES = {
@@ -123,6 +124,12 @@ PROFILES = {
         "If this output shows the answer, reply with a block calling FINAL(answer). "
         "Otherwise write a new block that searches differently{left}.",
         max_output_chars=2_000,
+        miss_text=(
+            "That block found nothing (no line, an empty result or an error), so you do not "
+            "know the answer yet: do not call FINAL. "
+            "Write a new block that searches differently{left}: fewer keywords, each "
+            "matched separately (one re.search per word, with re.I)."
+        ),
     ),
 }
 
@@ -187,6 +194,9 @@ def truncate(text: str, limit: int) -> str:
             f"{len(text):,} characters not shown] ...\n{text[-half:]}")
 
 
+_NOTHING = {"", "0", "[]", "{}", "()", "None", "set()"}
+
+
 def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
                   max_output_chars: int, iterations_left: int | None = None,
                   style: str = "default") -> str:
@@ -206,7 +216,9 @@ def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
         notes = "".join(f"\n[note] {n}" for n in result.notes)
         parts.append(f"{label}:\n{out}{notes}")
     left = "" if iterations_left is None else f" ({iterations_left} turns left)"
-    parts.append(chosen.continue_text.format(left=left))
+    found_nothing = all(result.error or result.stdout.strip() in _NOTHING for _c, result in results)
+    text = chosen.miss_text if found_nothing and chosen.miss_text else chosen.continue_text
+    parts.append(text.format(left=left))
     return "\n\n".join(parts)
 
 
