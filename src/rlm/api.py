@@ -17,6 +17,7 @@ from rlm.core.engine import Engine, EngineConfig, Session
 from rlm.core.limits import Limits
 from rlm.core.loop import LoopConfig
 from rlm.core.routing import ModelRouter
+from rlm.core.tools import Tool, ToolSpec, make_tools, shipped_tools
 from rlm.environments.base import Environment
 from rlm.errors import ConfigError
 from rlm.trace.sinks import JsonlSink, MultiSink, NullSink, TraceSink
@@ -40,6 +41,18 @@ def _backend(spec: BackendSpec | None, kwargs: Mapping[str, Any] | None) -> LMBa
     raise ConfigError(f"backend must be a registered name or an LMBackend, not {spec!r}")
 
 
+def _check_tools_reach(tools: Mapping[str, Tool], environment: EnvironmentSpec) -> None:
+    """Fail now, not at the first completion, when a tool cannot reach the environment."""
+    if isinstance(environment, str):
+        cls = registry.get_environment_class(environment)
+    elif isinstance(environment, Environment):
+        cls = type(environment)
+    else:
+        return  # a factory: checked when it builds its environment
+    if not cls.in_process:
+        shipped_tools(tools, cls.name)
+
+
 class RLM:
     """A Recursive Language Model: ``completion(prompt)`` answers over an input of any size.
 
@@ -56,7 +69,9 @@ class RLM:
       ``Environment`` instance (used for the root; the caller closes it) or a factory.
     - ``max_depth``, ``max_iterations``, ``max_budget`` (USD), ``max_timeout`` (seconds),
       ``max_tokens``, ``max_errors``: limits shared by the whole call tree (see ``Limits``).
-    - ``tools``: extra functions for the REPL, ``{"name": callable}``.
+    - ``tools``: extra functions for the REPL, ``{"name": function}`` or ``{"name": "code
+      that defines name"}``; outside the ``local`` environment a function travels as its
+      source, so it must be self-contained (see ``rlm.core.tools``).
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
     - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
       may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).
@@ -83,7 +98,7 @@ class RLM:
         sub_backend: BackendSpec | None = None,
         sub_backend_kwargs: Mapping[str, Any] | None = None,
         models: Mapping[str, LMBackend | Mapping[str, Any]] | None = None,
-        tools: Mapping[str, Callable[..., Any]] | None = None,
+        tools: Mapping[str, ToolSpec] | None = None,
         persistent: bool = False,
         trace_dir: str | os.PathLike[str] | None = None,
         trace_path: str | os.PathLike[str] | None = None,
@@ -100,10 +115,11 @@ class RLM:
         self.limits = Limits(max_depth=max_depth, max_iterations=max_iterations,
                              max_budget=max_budget, max_timeout=max_timeout,
                              max_tokens=max_tokens, max_errors=max_errors)
-        tools = dict(tools or {})
-        clash = sorted(set(tools) & set(RESERVED_NAMES))
+        clash = sorted(set(tools or {}) & set(RESERVED_NAMES))
         if clash:
             raise ConfigError(f"tool names clash with REPL names: {', '.join(clash)}")
+        checked_tools = make_tools(tools)
+        _check_tools_reach(checked_tools, environment)
         if trace_dir is not None and trace_path is not None:
             raise ConfigError("give trace_dir or trace_path, not both")
         self._owned: list[LMBackend] = []
@@ -136,7 +152,7 @@ class RLM:
                 loop=LoopConfig(max_output_chars=max_output_chars,
                                 extract_on_limit=extract_on_limit, temperature=temperature,
                                 max_output_tokens=max_output_tokens),
-                tools=tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
+                tools=checked_tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
                 sub_calls=sub_calls, sub_call_max_output_tokens=sub_call_max_output_tokens,
             ),
         )

@@ -7,6 +7,8 @@ import threading
 import pytest
 
 from rlm import RLM, registry
+from rlm.core.tools import make_tools
+from rlm.errors import EnvStartError
 from tests.conftest import repl
 from tests.environments.conftest import TIMEOUT_ENVIRONMENTS
 
@@ -131,3 +133,48 @@ def test_persistence_across_completions(env_name):
              backend_kwargs={"responses": replies}) as rlm:
         rlm.completion("q", context="ab")
         assert rlm.completion("q", context="cd").response == "ABcd"
+
+
+# Tools: a self-contained function travels as its source (with the module, constant and
+# helper function it uses); code is defined in the REPL as it is.
+SCALE = 10
+
+
+def _double(x):
+    return 2 * x
+
+
+def scaled(text: str) -> int:
+    """Twice the length of ``text`` times SCALE."""
+    return _double(len(text) * SCALE)
+
+
+CODE_TOOLS = {
+    "shout": "import string\ndef shout(s):\n    return s.upper() + string.punctuation[0]",
+    "ask": "def ask(q):\n    return llm_query('tool:' + q)",
+}
+
+
+def test_tools_given_as_functions_and_as_code(env_factory):
+    environment = env_factory()
+    environment.start(host, make_tools({"scaled": scaled, **CODE_TOOLS}))
+    environment.set_variable("context", "abc")
+    result = environment.execute("print(scaled(context), shout('hi'), ask('x'))")
+    assert (result.error, result.stdout) == (None, "60 HI! echo:tool:x\n")
+    assert environment.execute("scaled = None").notes  # restored like the helpers
+    assert environment.execute("print(scaled('a'))").stdout == "20\n"
+    assert "scaled" not in environment.execute("print(SHOW_VARS())").stdout
+
+
+def test_a_tool_that_fails_to_load_fails_the_start(env_factory):
+    environment = env_factory()
+    broken = make_tools({"bad": "def bad():\n    return 1\nraise ValueError('nope')"})
+    with pytest.raises(EnvStartError, match=r"bad.*nope"):
+        environment.start(host, broken)
+
+
+def test_tools_through_a_completion(env_name):
+    result = RLM(backend="scripted", environment=env_name, tools={"scaled": scaled},
+                 backend_kwargs={"responses": [repl("FINAL(scaled(context))")]}
+                 ).completion("q", context="abcd")
+    assert result.response == "80"

@@ -8,7 +8,8 @@ with its own LM handler, so no key enters the sandbox.
 Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T``), else
 401; bodies and replies are JSON.  Control: ``GET /health`` -> ``{ok, pid, version}``;
 ``POST /exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s, notes}``;
-``POST /set_var {name, format: text|bytes|json, data}`` (bytes in base64); ``POST
+``POST /set_var {name, format: text|bytes|json, data}`` (bytes in base64); ``POST /tools
+{sources}`` defines the user's tools from their code (422 when one fails); ``POST
 /final_text {expression}`` -> ``{text}``; ``POST /shutdown`` (the process exits).  LM
 requests: ``GET /pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to
 S seconds (at most half the host timeout); ``POST /respond {id, reply}``, 409 when no call
@@ -114,6 +115,7 @@ class Broker:
         self._last_poll = time.monotonic()
         self._control = threading.Lock()
         self._variables: dict[str, Any] = {}
+        self._tools: dict[str, str] = {}
         self.runtime = self._new_runtime()
 
     def authorized(self, headers: Any) -> bool:
@@ -183,9 +185,16 @@ class Broker:
     # -- the REPL ---------------------------------------------------------------------------
     def _new_runtime(self) -> guest.GuestRuntime:
         runtime = guest.GuestRuntime(self.enqueue, capture_limit=self.capture_limit)
+        runtime.load_tools(self._tools)
         for name, value in self._variables.items():
             runtime.set_variable(name, value)
         return runtime
+
+    def load_tools(self, sources: dict[str, str]) -> None:
+        """Define tools from code now and in every replacement REPL."""
+        with self._control:
+            self.runtime.load_tools(sources)
+            self._tools.update(sources)
 
     def set_variable(self, name: str, value: Any) -> None:
         with self._control:
@@ -262,6 +271,12 @@ def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str,
             raise ValueError(f"unknown format {fmt!r}")
         value = base64.b64decode(data) if fmt == "bytes" else str(data) if fmt == "text" else data
         broker.set_variable(str(body["name"]), value)
+        return 200, {"ok": True}
+    if endpoint == "POST /tools":
+        try:
+            broker.load_tools({str(k): str(v) for k, v in dict(body["sources"]).items()})
+        except RuntimeError as exc:  # a tool's code failed: the host's start fails with this
+            return 422, {"error": str(exc)}
         return 200, {"ok": True}
     if endpoint == "POST /final_text":
         return 200, {"text": broker.final_text(str(body["expression"]))}

@@ -346,6 +346,23 @@ class GuestRuntime:
             "QueryFailed": QueryFailed,
         }
 
+    def load_tools(self, sources: dict[str, str]) -> None:
+        """Define tools from code: each source runs in its own namespace (which has the
+        helpers, so a tool may call ``llm_query``) and must bind its name; the tools are
+        then exposed, and restored when model code rebinds them."""
+        for name, source in sources.items():
+            space: dict[str, Any] = {"__name__": f"rlm_tool_{name}",
+                                     "__builtins__": guarded_builtins(), **self._helpers}
+            try:
+                exec(compile(source, f"<tool {name}>", "exec"), space)
+            except BaseException as exc:  # user code: report what broke, keep the REPL
+                raise RuntimeError(f"tool {name!r} failed to load: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            if name not in space:
+                raise RuntimeError(f"tool {name!r}: its code does not define {name!r}")
+            self._tools[name] = space[name]
+        self._restore()
+
     def set_variable(self, name: str, value: Any) -> None:
         if name == "context":
             self._context = value

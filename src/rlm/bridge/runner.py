@@ -8,10 +8,10 @@ the token from the ``init`` message; when ``init`` names no ``lm_address`` they 
 the control channel itself (``lm_request {id, request}`` out, ``lm_reply {id, reply}`` in),
 for guests without a network.  Standard library only; shipped as a file.
 
-Control messages (host -> runner): ``init {lm_address, token}``, ``set_var {name, file,
-format}``, ``exec {code}``, ``final_text {expression}``, ``shutdown``.  Replies: ``ready``,
-``ok``, ``result {stdout, stderr, error, final, elapsed_s, notes}``, ``value {text}``,
-``error {message}``.
+Control messages (host -> runner): ``init {lm_address, token}``, ``tools {sources}``,
+``set_var {name, file, format}``, ``exec {code}``, ``final_text {expression}``,
+``shutdown``.  Replies: ``ready``, ``ok``, ``result {stdout, stderr, error, final,
+elapsed_s, notes}``, ``value {text}``, ``error {message}``.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ def serve(stream: protocol.Stream, read: Callable[[str], bytes] = read_bytes) ->
                 reply: dict[str, Any] = {"type": "ok"}
             elif runtime is None:
                 reply = {"type": "error", "message": "init first"}
+            elif kind == "tools":
+                runtime.load_tools(dict(message["sources"]))
+                reply = {"type": "ok"}
             elif kind == "set_var":
                 value = load_value(message["file"], message["format"], read)
                 runtime.set_variable(message["name"], value)

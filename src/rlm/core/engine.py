@@ -20,6 +20,7 @@ from rlm.core.context import describe_context, load_context
 from rlm.core.limits import Budget, Limits
 from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, ResolveFinal, RunCode, Step
 from rlm.core.routing import ModelRouter
+from rlm.core.tools import Tool
 from rlm.environments.base import Environment, HostCall
 from rlm.errors import Cancelled, LimitExceeded, RLMError
 from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
@@ -37,7 +38,7 @@ class EngineConfig:
     """Everything about how a tree runs, apart from the limits."""
 
     loop: LoopConfig = field(default_factory=LoopConfig)
-    tools: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, Tool] = field(default_factory=dict)
     system_prompt: str | None = None
     max_concurrency: int = 16
     sub_call_max_output_tokens: int | None = None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from rlm.core.tools import Tool
 from rlm.types import ExecResult
 
 __all__ = [
@@ -84,17 +83,12 @@ NO_CODE_FEEDBACK = (
 )
 
 
-def _tools_text(tools: Mapping[str, Callable[..., Any]]) -> str:
+def _tools_text(tools: Mapping[str, Tool]) -> str:
     if not tools:
         return ""
     lines = []
-    for name, tool in tools.items():
-        try:
-            signature = str(inspect.signature(tool))
-        except (TypeError, ValueError):
-            signature = "(...)"
-        doc = (inspect.getdoc(tool) or "").split("\n")[0]
-        lines.append(f"- `{name}{signature}`" + (f": {doc}" if doc else ""))
+    for tool in tools.values():
+        lines.append(f"- `{tool.call}`" + (f": {tool.doc}" if tool.doc else ""))
     return "Tools:\n" + "\n".join(lines) + "\n"
 
 
@@ -142,7 +136,7 @@ def system_prompt(
     *,
     depth: int,
     max_depth: int,
-    tools: Mapping[str, Callable[..., Any]] | None = None,
+    tools: Mapping[str, Tool] | None = None,
     chunk_chars: int = 50_000,
     template: str | None = None,
     style: str = "default",

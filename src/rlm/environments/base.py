@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from rlm.core.tools import Tool
 from rlm.types import ExecResult
 
 __all__ = ["Environment", "HostCall"]
@@ -21,7 +22,9 @@ class Environment(ABC):
     Lifecycle:
     1. create it (cheap: no process is started);
     2. ``start(call, tools)``: start the REPL; ``call`` reaches the host's LM handler,
-       ``tools`` are extra functions to expose; calling it again does nothing;
+       ``tools`` are the user's tools to expose (``rlm.core.tools.Tool``: an environment
+       in the host process may call ``tool.function``; any other runs ``tool.source``,
+       see ``shipped_tools``); calling it again does nothing;
     3. ``set_variable(name, value)`` any number of times (``context`` first);
     4. ``execute(code)`` any number of times: variables persist between calls.  Errors of the
        model's code come back in ``ExecResult.error``; failures of the environment itself
@@ -37,6 +40,8 @@ class Environment(ABC):
     #: Whether ``execute(timeout_s=...)`` / a per-block limit can stop a runaway block.
     supports_timeout: ClassVar[bool] = False
     isolation: ClassVar[str] = "nothing"
+    #: Whether model code runs in the host process (tools are then called, not shipped).
+    in_process: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -44,7 +49,7 @@ class Environment(ABC):
         return None
 
     @abstractmethod
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         """Start the REPL (idempotent)."""
 
     @abstractmethod

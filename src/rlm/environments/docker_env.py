@@ -30,10 +30,12 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rlm.bridge.tcp import LMServer
+from rlm.core.tools import Tool
 from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
@@ -215,7 +217,7 @@ class DockerEnvironment(ProcessEnvironment):
     def unavailable_reason(cls) -> str | None:
         return engine_error()
 
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._proc is None and not self._closed:
             reason = engine_error()
             if reason is not None:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from rlm.bridge.tcp import LMServer
+from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
 from rlm.environments.process import _SAFE_ENV, ship_runner, write_value
 from rlm.errors import EnvError, EnvStartError
@@ -61,7 +62,9 @@ def _rlm_start(ship):
         init = json.load(handle)
     os.remove(init_path)
     call = runner.lm_caller(init["lm_address"], init["token"])
-    return runner, runner.guest.GuestRuntime(call, capture_limit=init["capture_limit"])
+    runtime = runner.guest.GuestRuntime(call, capture_limit=init["capture_limit"])
+    runtime.load_tools(init["tools"])
+    return runner, runtime
 
 
 _rlm_reply = _RLMReply()
@@ -97,8 +100,8 @@ class IPythonEnvironment(Environment):
     restarted.  rlimits as in ``SubprocessEnvironment`` (``memory_mb`` of address space,
     ``max_processes``, ``max_file_mb``, no core dumps); as root the process limit is not
     enforced and the code may raise the limits again.  Does NOT isolate: files, the
-    network, other processes of the same user.  Host-side ``tools`` cannot cross into the
-    kernel and are not exposed.  Calls are serialised by a lock; make them from synchronous
+    network, other processes of the same user.  Tools are defined in the kernel from their
+    code (see ``rlm.core.tools``).  Calls are serialised by a lock; make them from synchronous
     code or a worker thread, not from inside a running event loop.
     """
 
@@ -127,6 +130,7 @@ class IPythonEnvironment(Environment):
         self._km: AsyncKernelManager | None = None
         self._kc: AsyncKernelClient | None = None
         self._variables: dict[str, tuple[str, str]] = {}
+        self._tool_sources: dict[str, str] = {}
         self._launches = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -138,12 +142,13 @@ class IPythonEnvironment(Environment):
         return getattr(provisioner, "pid", None)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         with self._lock:
             if self._km is not None:
                 return
             if self._closed:
                 raise EnvError("the environment is closed")
+            self._tool_sources = shipped_tools(tools, self.name)
             self.scratch = Path(tempfile.mkdtemp(prefix="rlm-ipython-"))
             self._private = Path(tempfile.mkdtemp(prefix="rlm-kernel-"))
             (self.scratch / "tmp").mkdir()
@@ -189,7 +194,7 @@ class IPythonEnvironment(Environment):
         self._kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
         ship = self.scratch / ".rlm"
         init = {"lm_address": self._server.address, "token": self._server.token,
-                "capture_limit": self.capture_limit}
+                "capture_limit": self.capture_limit, "tools": self._tool_sources}
         (ship / "init.json").write_text(json.dumps(init), encoding="utf-8")
         try:
             self._call(f"{_BOOTSTRAP}\n_rlm_runner, _rlm = _rlm_start({str(ship)!r})",

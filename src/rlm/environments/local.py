@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rlm.bridge.guest import GuestRuntime
+from rlm.core.tools import Tool, in_process_tools
 from rlm.environments.base import Environment, HostCall
-from rlm.errors import EnvError
+from rlm.errors import EnvError, EnvStartError
 from rlm.types import ExecResult
 
 __all__ = ["LocalEnvironment"]
@@ -25,6 +27,7 @@ class LocalEnvironment(Environment):
 
     name = "local"
     isolation = "none (in-process exec; guards accidental exits only)"
+    in_process = True
 
     def __init__(self, *, capture_limit: int = 2_000_000) -> None:
         self._capture_limit = capture_limit
@@ -32,12 +35,18 @@ class LocalEnvironment(Environment):
         self._pending: dict[str, Any] = {}
         self._closed = False
 
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._runtime is not None:
             return
         if self._closed:
             raise EnvError("the environment is closed")
-        self._runtime = GuestRuntime(call, tools=tools, capture_limit=self._capture_limit)
+        functions, sources = in_process_tools(tools)
+        runtime = GuestRuntime(call, tools=functions, capture_limit=self._capture_limit)
+        try:
+            runtime.load_tools(sources)
+        except RuntimeError as exc:
+            raise EnvStartError(f"{self.name}: {exc}") from None
+        self._runtime = runtime
         for name, value in self._pending.items():
             self._runtime.set_variable(name, value)
         self._pending.clear()

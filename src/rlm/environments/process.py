@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from rlm.bridge import protocol
 from rlm.bridge.tcp import LMServer
 from rlm.core.context import FolderContext
+from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
 from rlm.errors import EnvError, EnvStartError
 from rlm.types import ExecResult
@@ -108,6 +110,7 @@ class ProcessEnvironment(Environment):
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._variables: dict[str, tuple[str, str]] = {}
+        self._tool_sources: dict[str, str] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -134,11 +137,12 @@ class ProcessEnvironment(Environment):
                 "RLM_LIMITS": json.dumps(self.limits)}
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._proc is not None:
             return
         if self._closed:
             raise EnvError("the environment is closed")
+        self._tool_sources = shipped_tools(tools, self.name)
         self.scratch = Path(tempfile.mkdtemp(prefix="rlm-env-"))
         (self.scratch / "tmp").mkdir()
         ship_runner(self.scratch / ".rlm")
@@ -168,6 +172,15 @@ class ProcessEnvironment(Environment):
               {"lm_address": self.guest_lm_address(self._server), "token": self._server.token})
         self._roundtrip({"type": "init", **lm, "capture_limit": self.capture_limit},
                         self.start_timeout_s, starting=True)
+        if self._tool_sources:
+            try:
+                self._roundtrip({"type": "tools", "sources": self._tool_sources},
+                                self.start_timeout_s, starting=True)
+            except EnvStartError:
+                raise
+            except EnvError as exc:  # a tool's code failed in the guest
+                self._kill()
+                raise EnvStartError(str(exc)) from None
         for name, (path, fmt) in self._variables.items():
             self._roundtrip({"type": "set_var", "name": name, "file": path, "format": fmt},
                             self.start_timeout_s, starting=True)
@@ -225,7 +238,7 @@ class ProcessEnvironment(Environment):
 
     def _roundtrip(self, message: dict[str, Any], timeout_s: float | None, *,
                    starting: bool = False) -> dict[str, Any]:
-        expected = {"init": "ok", "set_var": "ok", "exec": "result",
+        expected = {"init": "ok", "tools": "ok", "set_var": "ok", "exec": "result",
                     "final_text": "value", "shutdown": "ok"}[message["type"]]
         try:
             self._send(message)

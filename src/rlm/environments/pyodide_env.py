@@ -24,11 +24,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rlm.core.tools import Tool
 from rlm.environments.base import HostCall
 from rlm.environments.process import RUNNER_FILES, ProcessEnvironment, ship_runner
 from rlm.errors import EnvStartError, MissingDependencyError
@@ -196,7 +197,7 @@ class PyodideEnvironment(ProcessEnvironment):
             return f"npm is needed once to install pyodide@{PYODIDE_VERSION}"
         return None
 
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._proc is None and not self._closed and self._pyodide is None:
             self._deno = deno_binary()
             self._pyodide, self._snapshot = ensure_runtime(self._deno)

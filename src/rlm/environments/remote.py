@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from abc import abstractmethod
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 import httpx
 
 from rlm.core.context import FolderContext
+from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
 from rlm.environments.process import RUNNER_FILES
 from rlm.errors import EnvError, EnvStartError, MissingDependencyError, RLMError
@@ -88,7 +90,7 @@ class RemoteEnvironment(Environment):
       for this long (the host polls at least four times as often).
     - A sandbox that stops answering raises ``EnvError``; nothing waits unbounded.
 
-    ``tools`` are not available in the sandbox (functions cannot travel over HTTP).
+    Tools are defined in the sandbox from their code (``rlm.core.tools``).
     """
 
     supports_persistence = True
@@ -158,12 +160,13 @@ class RemoteEnvironment(Environment):
                 "--capture-limit", str(self.capture_limit)]
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._client is not None:
             return
         if self._closed:
             raise EnvError("the environment is closed")
         self._call = call
+        sources = shipped_tools(tools, self.name)
         try:
             self._provisioned = True
             self.provision()
@@ -173,6 +176,11 @@ class RemoteEnvironment(Environment):
             self._client = httpx.Client(base_url=self.base_url, headers=self.request_headers(),
                                         timeout=httpx.Timeout(30.0, connect=10.0))
             self._wait_until_healthy()
+            if sources:
+                try:
+                    self._post("/tools", {"sources": sources}, self.start_timeout_s)
+                except EnvError as exc:
+                    raise EnvStartError(str(exc)) from None
         except BaseException as exc:
             self._closed = True
             self._shut()

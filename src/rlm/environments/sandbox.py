@@ -20,11 +20,13 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rlm.bridge.tcp import LMServer
+from rlm.core.tools import Tool
 from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
@@ -142,7 +144,7 @@ class SandboxEnvironment(ProcessEnvironment):
         return ["/bin/sh", "-c", script, "sh", filter_file, str(len(procs)), *procs, *command]
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, call: HostCall, tools: dict[str, Any] | None = None) -> None:
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
         if self._proc is None and not self._closed:
             _probe()
         super().start(call, tools)
