@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -174,8 +175,12 @@ def test_the_long_poll_wakes_for_new_work(bare_broker):
 def test_malformed_requests_are_refused(bare_broker):
     assert bare_broker.post("/exec", content=b"[1]").status_code == 400
     assert bare_broker.post("/exec", json={}).status_code == 400
-    assert bare_broker.post("/set_var", json={"name": "x", "format": "pickle",
-                                              "data": ""}).status_code == 400
+    for query in ({"name": "x", "format": "pickle"}, {"name": "no good", "format": "text"},
+                  {"format": "text"}):
+        assert bare_broker.post("/set_var", params=query, content=b"1").status_code == 400
+    bad_utf8 = bare_broker.post("/set_var", params={"name": "x", "format": "text"},
+                                content=b"\xff\xfe")
+    assert bad_utf8.status_code == 400 and "UnicodeDecodeError" in bad_utf8.text
     assert bare_broker.get("/nope").status_code == 404
 
 
@@ -238,3 +243,30 @@ def test_a_broker_whose_host_dies_ends_and_removes_its_folder():
     while not (_gone(pid) and not Path(scratch).exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(pid) and not Path(scratch).exists()
+
+
+def test_values_are_streamed_raw_across_chunks(remote):
+    # POST /set_var carries the value's own bytes, sent and read in 4 MiB pieces: a
+    # non-ASCII string whose pieces end mid-character on the wire, and bytes, arrive intact.
+    env = remote()
+    text = "é" * 3_000_001 + "end"
+    env.set_variable("text", text)
+    env.set_variable("raw", bytes(range(256)) * 40_000)
+    result = env.execute("import hashlib\n"
+                         "print(len(text), text[-4:], hashlib.sha256(raw).hexdigest())")
+    expected = hashlib.sha256(bytes(range(256)) * 40_000).hexdigest()
+    assert result.stdout.split() == [str(len(text)), "éend", expected]
+
+
+def test_a_body_cut_short_is_refused(bare_broker):
+    url = bare_broker.base_url
+    with socket.create_connection((url.host, url.port)) as conn:
+        token = bare_broker.headers["Authorization"]
+        conn.sendall(f"POST /set_var?name=x&format=text HTTP/1.1\r\nHost: b\r\n"
+                     f"Authorization: {token}\r\nContent-Length: 100\r\n\r\nonly ten b"
+                     .encode())
+        conn.shutdown(socket.SHUT_WR)
+        reply = conn.makefile("rb").read().decode()
+    assert reply.startswith("HTTP/1.1 400") and "ended after 10 of 100 bytes" in reply
+    assert bare_broker.post("/exec", json={"code": "print('x' in dir())"}).json()["stdout"] == (
+        "False\n")

@@ -8,7 +8,8 @@ with its own LM handler, so no key enters the sandbox.
 Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T``), else
 401; bodies and replies are JSON.  Control: ``GET /health`` -> ``{ok, pid, version}``;
 ``POST /exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s, notes}``;
-``POST /set_var {name, format: text|bytes|json, data}`` (bytes in base64); ``POST /tools
+``POST /set_var?name=N&format=text|bytes|json`` with the value's raw bytes as the body
+(UTF-8 text, bytes, or JSON; streamed, up to ``MAX_VALUE_BYTES``); ``POST /tools
 {sources}`` defines the user's tools from their code (422 when one fails); ``POST
 /final_text {expression}`` -> ``{text}``; ``POST /shutdown`` (the process exits).  LM
 requests: ``GET /pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to
@@ -30,7 +31,6 @@ module, which the cell shares with the broker's HTTP code, is put back as it was
 from __future__ import annotations
 
 import argparse
-import base64
 import builtins
 import contextlib
 import hmac
@@ -56,6 +56,8 @@ else:  # run as a file shipped next to guest.py
 
 VERSION = 1
 MAX_BODY_BYTES = 1 << 30
+MAX_VALUE_BYTES = 1 << 36  # a variable's body (POST /set_var), read in chunks
+_CHUNK = 1 << 22
 TOKEN_ENV = "RLM_BROKER_TOKEN"
 
 
@@ -265,13 +267,6 @@ def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str,
         return 200, {"ok": True, "pid": os.getpid(), "version": VERSION}
     if endpoint == "POST /exec":
         return 200, broker.execute(str(body["code"]), body.get("timeout_s"))
-    if endpoint == "POST /set_var":
-        fmt, data = body["format"], body["data"]
-        if fmt not in ("text", "bytes", "json"):
-            raise ValueError(f"unknown format {fmt!r}")
-        value = base64.b64decode(data) if fmt == "bytes" else str(data) if fmt == "text" else data
-        broker.set_variable(str(body["name"]), value)
-        return 200, {"ok": True}
     if endpoint == "POST /tools":
         try:
             broker.load_tools({str(k): str(v) for k, v in dict(body["sources"]).items()})
@@ -319,9 +314,12 @@ class _Handler(BaseHTTPRequestHandler):
             if 0 < size <= 65536:  # drained, else closing on unread bytes may reset the reply
                 self.rfile.read(size)
             return self._send(401, {"error": "missing or wrong token"})
-        if not 0 <= size <= MAX_BODY_BYTES:
+        limit = MAX_VALUE_BYTES if (method, url.path) == ("POST", "/set_var") else MAX_BODY_BYTES
+        if not 0 <= size <= limit:
             self.close_connection = True
-            return self._send(413, {"error": f"a body is 0 to {MAX_BODY_BYTES} bytes"})
+            return self._send(413, {"error": f"a body is 0 to {limit} bytes"})
+        if url.path == "/set_var":
+            return self._set_var(broker, size, parse_qs(url.query))
         body = self.rfile.read(size) if size else b""
         try:
             payload = json.loads(body) if body else {}
@@ -333,6 +331,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, reply)
         if url.path == "/shutdown":
             threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+    def _set_var(self, broker: Broker, size: int, query: dict[str, list[str]]) -> None:
+        """``POST /set_var``: read the raw value into one buffer, chunk by chunk, then bind it."""
+        name, fmt = query.get("name", [""])[0], query.get("format", [""])[0]
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            got = self.rfile.readinto(view[done:done + _CHUNK])
+            if not got:
+                self.close_connection = True
+                return self._send(400, {"error": f"the body ended after {done} of {size} bytes"})
+            done += got
+        view.release()
+        try:
+            if not name.isidentifier() or fmt not in ("text", "bytes", "json"):
+                raise ValueError(f"name={name!r}, format={fmt!r}: want an identifier and "
+                                 "text, bytes or json")
+            value: Any = (buffer.decode("utf-8") if fmt == "text" else bytes(buffer)
+                          if fmt == "bytes" else json.loads(buffer))
+            del buffer
+            broker.set_variable(name, value)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
+        self._send(200, {"ok": True})
 
     def _send(self, status: int, reply: dict[str, Any]) -> None:
         data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")

@@ -11,7 +11,6 @@ says how to create the sandbox, copy files in, start a command and reach a port.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib
 import json
@@ -26,7 +25,7 @@ import tempfile
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -57,20 +56,30 @@ def import_sdk(module: str, extra: str) -> Any:
         ) from exc
 
 
-def _encode(name: str, value: Any, owner: str) -> dict[str, Any]:
-    """A value as the body of ``POST /set_var``: never as a code literal."""
+_CHUNK = 1 << 22  # characters or bytes per piece of a streamed value
+
+
+def _encode(name: str, value: Any, owner: str) -> tuple[str, int, Iterator[bytes]]:
+    """A value as the raw body of ``POST /set_var`` (never a code literal): its format,
+    its size in bytes and the pieces, made one at a time so a 1 GiB string is not copied
+    whole."""
     if isinstance(value, str):
-        return {"name": name, "format": "text", "data": value}
+        size = len(value) if value.isascii() else sum(
+            len(value[i:i + _CHUNK].encode("utf-8")) for i in range(0, len(value), _CHUNK))
+        return "text", size, (value[i:i + _CHUNK].encode("utf-8")
+                              for i in range(0, len(value), _CHUNK))
     if isinstance(value, bytes | bytearray | memoryview):
-        return {"name": name, "format": "bytes", "data": base64.b64encode(bytes(value)).decode()}
+        data = memoryview(value).cast("B")
+        return "bytes", data.nbytes, (bytes(data[i:i + _CHUNK])
+                                      for i in range(0, data.nbytes, _CHUNK))
     if isinstance(value, FolderContext):
         value = dict(value.items())
     try:
-        json.dumps(value)
+        text = json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} cannot be "
                        "sent to a sandbox (use str, bytes, list, dict)") from exc
-    return {"name": name, "format": "json", "data": value}
+    return "json", len(text), iter([text])
 
 
 class RemoteEnvironment(Environment):
@@ -253,12 +262,13 @@ class RemoteEnvironment(Environment):
             client.post("/respond", json={"id": request_id, "reply": reply}, timeout=30.0)
 
     # -- the REPL ----------------------------------------------------------------------------
-    def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any] | None, timeout_s: float,
+              **request: Any) -> dict[str, Any]:
         if self._client is None:
             raise EnvError(f"{self.name}: start the environment first")
         try:
             reply = self._client.post(path, json=body,
-                                      timeout=httpx.Timeout(timeout_s, connect=10.0))
+                                      timeout=httpx.Timeout(timeout_s, connect=10.0), **request)
         except httpx.TimeoutException as exc:
             raise EnvError(f"{self.name}: the sandbox did not answer {path} within "
                            f"{timeout_s:g}s") from exc
@@ -271,8 +281,11 @@ class RemoteEnvironment(Environment):
         return reply.json()
 
     def set_variable(self, name: str, value: Any) -> None:
+        fmt, size, pieces = _encode(name, value, self.name)
         with self._lock:
-            self._post("/set_var", _encode(name, value, self.name), self.start_timeout_s)
+            self._post("/set_var", None, self.start_timeout_s + size / 20e6,
+                       params={"name": name, "format": fmt}, content=pieces,
+                       headers={"Content-Length": str(size)})
 
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
         limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
