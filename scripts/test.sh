@@ -7,8 +7,13 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if [ "$(id -u)" = 0 ]; then  # the "sandbox" environment runs its REPL under bubblewrap
-  command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+if [ "$(id -u)" = 0 ]; then  # the "sandbox" and "gvisor" environments: bubblewrap, runsc
+  missing=""
+  command -v bwrap >/dev/null || missing="$missing bubblewrap"
+  command -v runsc >/dev/null || missing="$missing runsc"
+  if [ -n "$missing" ]; then
+    apt-get update -qq && apt-get install -y -qq $missing >/dev/null
+  fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide]'

@@ -47,6 +47,7 @@ _ENVIRONMENTS: dict[str, Any] = {
     "prime": "rlm.environments.prime_env:PrimeEnvironment",
     "ipython": "rlm.environments.kernel:IPythonEnvironment",
     "sandbox": "rlm.environments.sandbox:SandboxEnvironment",
+    "gvisor": "rlm.environments.gvisor_env:GVisorEnvironment",
 }
 #: The extra that provides a built-in whose import fails.
 _EXTRAS: dict[str, str] = {}

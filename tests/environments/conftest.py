@@ -12,6 +12,7 @@ from rlm import registry
 ENVIRONMENTS = ["local", "subprocess"]
 ENVIRONMENTS.append("pyodide")
 ENVIRONMENTS.append("sandbox")
+ENVIRONMENTS.append("gvisor")
 ENVIRONMENTS.append("ipython")
 ENVIRONMENTS.append("docker")
 ENVIRONMENTS.append("remote-local")

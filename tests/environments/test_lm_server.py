@@ -35,6 +35,28 @@ def test_frames_survive_short_reads():
     assert protocol.recv(stream) == message
 
 
+class Sip(io.RawIOBase):
+    """A raw file whose write() takes at most 7 bytes: short writes, as gVisor's pipes do."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        taken = bytes(data[:7])
+        self.data += taken
+        return len(taken)
+
+
+def test_frames_survive_short_writes():
+    message = {"type": "result", "stdout": "y" * 70_000}
+    sink = Sip()
+    protocol.send(protocol.FileStream(None, sink), message)
+    assert protocol.recv(protocol.FileStream(io.BytesIO(bytes(sink.data)), None)) == message
+
+
 def test_oversized_and_truncated_frames_are_refused():
     with pytest.raises(protocol.ProtocolError):
         protocol.encode({"x": "y" * 100}, max_bytes=10)

@@ -55,7 +55,11 @@ class FileStream:
         return self.reader.read1(size) if hasattr(self.reader, "read1") else self.reader.read(size)
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        # An unbuffered file's write() may write less than asked (gVisor's pipes do): loop.
+        view = memoryview(data)
+        while view:
+            written = self.writer.write(view)
+            view = view[len(view) if written is None else written:]
         self.writer.flush()
 
 

@@ -1,0 +1,209 @@
+"""The ``gvisor`` environment: the runner in a gVisor sandbox (``runsc``), no Docker needed.
+
+gVisor runs the code on a user-space kernel (the Sentry), so model code never makes a
+system call to the host's kernel.  The environment writes an OCI bundle (``config.json``
+and an empty root that the mounts fill) and starts it with ``runsc run``; LM requests
+travel on the control channel (stdin/stdout), so the sandbox needs no socket at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rlm.core.tools import Tool
+from rlm.environments.base import HostCall
+from rlm.environments.process import ProcessEnvironment
+from rlm.environments.sandbox import _TOP, _python_layout
+from rlm.errors import EnvStartError
+
+__all__ = ["GVisorEnvironment"]
+
+GUEST_ROOT = "/sandbox"
+_NOBODY = 65534
+_ETC = ("/etc/ld.so.cache", "/etc/localtime")
+_probed: dict[str, str] = {}
+
+
+class GVisorEnvironment(ProcessEnvironment):
+    """The runner process inside gVisor (``runsc``, Debian package ``runsc``).
+
+    Isolates:
+    - the host kernel: every system call of the code is served by gVisor's own kernel in
+      user space (``platform``: ``ptrace`` works everywhere, ``systrap``/``kvm`` are faster
+      where the installed runsc has them);
+    - the network: none (``--network=none``); LM calls go over the control channel;
+    - the file system: a read-only root made of ``/usr``, the Python install and the venv's
+      site-packages; the scratch directory, at ``/sandbox``, is the only writable place;
+    - host processes and variables: its own PID namespace, no host environment variable;
+    - privileges: uid 65534 with no capability and ``no_new_privs``; the rlimits of
+      ``ProcessEnvironment`` (applied inside gVisor); a wall-clock kill per block.
+
+    Does NOT isolate: CPU time and memory at the host's level (the Sentry is one host
+    process; ``memory_mb`` bounds each guest process's address space), disk space of the
+    scratch directory's file system (only ``max_file_mb`` per file).
+    """
+
+    name = "gvisor"
+    isolation = ("gVisor user-space kernel: no network, own PID namespace, read-only root, only "
+                 "the scratch dir writable, uid 65534 without capabilities, rlimits, "
+                 "wall-clock kill")
+    lm_over_control = True
+
+    def __init__(self, *, platform: str = "ptrace", runsc_args: tuple[str, ...] | list[str] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.platform = platform
+        self.runsc_args = list(runsc_args)
+        self.container: str | None = None
+        self._state: Path | None = None  # runsc's --root: its container state, private
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            _probe()
+        except EnvStartError as exc:
+            return str(exc)
+        return None
+
+    # -- hooks of ProcessEnvironment -----------------------------------------------------------
+    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
+        if self._proc is None and not self._closed:
+            _probe()
+        super().start(call, tools)
+
+    def guest_path(self, host_path: Path) -> str:
+        assert self.scratch is not None
+        return str(PurePosixPath(GUEST_ROOT) / Path(host_path).relative_to(self.scratch))
+
+    def process_env(self) -> dict[str, str]:
+        """The environment of ``runsc`` on the host (the guest's is in ``config.json``)."""
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def launch_command(self, runner: Path) -> list[str]:
+        assert self.scratch is not None
+        if self._state is None:
+            self._state = Path(tempfile.mkdtemp(prefix="rlm-runsc-"))
+        if os.geteuid() == 0:
+            for path in (self.scratch, self.scratch / "tmp"):
+                os.chown(path, _NOBODY, _NOBODY)
+        self.container = f"rlm-{uuid.uuid4().hex[:12]}"
+        bundle = self._state / self.container
+        python, binds, links = _python_layout()
+        argv = [python, "-E", "-s", "-B", "-u", self.guest_path(runner)]
+        _write_bundle(bundle, argv, super().process_env(), binds, links, self.scratch)
+        return [_probe(), "--root", str(self._state), "--network=none",
+                f"--platform={self.platform}", *self.runsc_args,
+                "run", "--bundle", str(bundle), self.container]
+
+    def process_killed(self) -> None:
+        """``runsc`` keeps the sandbox's processes outside the killed process group: delete
+        the container too."""
+        container, self.container = self.container, None
+        if container is None or self._state is None:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([_probe(), "--root", str(self._state), "delete", "--force",
+                            container], capture_output=True, timeout=30, check=False)
+        shutil.rmtree(self._state / container, ignore_errors=True)
+
+    def close(self) -> None:
+        super().close()
+        self.process_killed()
+        if self._state is not None:
+            shutil.rmtree(self._state, ignore_errors=True)
+            self._state = None
+
+
+def _probe() -> str:
+    """The path of a ``runsc`` that can start a sandbox here; ``EnvStartError`` saying why
+    there is none."""
+    if "runsc" in _probed:
+        return _probed["runsc"]
+    runsc = shutil.which("runsc") or next(
+        (p for p in ("/usr/bin/runsc", "/usr/sbin/runsc", "/usr/local/bin/runsc")
+         if os.access(p, os.X_OK)), None)
+    if runsc is None:
+        raise EnvStartError("gvisor: runsc is not installed (apt-get install runsc)")
+    if os.geteuid() != 0:
+        raise EnvStartError("gvisor: runsc needs root here (rootless runsc cannot run a "
+                            "bundle with its own mounts)")
+    with tempfile.TemporaryDirectory(prefix="rlm-runsc-probe-") as state:
+        check = subprocess.run(
+            [runsc, "--root", state, "--network=none", "--platform=ptrace", "do", "true"],
+            capture_output=True, text=True, timeout=60, check=False)
+    if check.returncode != 0:
+        raise EnvStartError(f"gvisor: runsc cannot start a sandbox here: "
+                            f"{check.stderr.strip()[-500:] or check.returncode}")
+    _probed["runsc"] = runsc
+    return runsc
+
+
+def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: list[str],
+                  links: list[tuple[str, str]], scratch: Path) -> None:
+    """An OCI bundle: an empty root (mount points and symlinks only) and ``config.json``."""
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True)
+
+    def inside(path: str) -> Path:
+        return rootfs / path.lstrip("/")
+
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+    ]
+    for top in _TOP:
+        if os.path.islink(top):
+            inside(top).symlink_to(os.readlink(top))
+        elif os.path.isdir(top):
+            mounts.append({"destination": top, "type": "bind", "source": top,
+                           "options": ["rbind", "ro"]})
+    for path in [*binds, *(p for p in _ETC if os.path.exists(p))]:
+        mounts.append({"destination": path, "type": "bind", "source": path,
+                       "options": ["rbind", "ro"]})
+    for target, dest in links:
+        inside(dest).parent.mkdir(parents=True, exist_ok=True)
+        inside(dest).symlink_to(target)
+    mounts.append({"destination": GUEST_ROOT, "type": "bind", "source": str(scratch),
+                   "options": ["rbind", "rw"]})
+    for mount in mounts:  # mount points must exist in the (read-only) root
+        point = inside(mount["destination"])
+        if os.path.isfile(mount["source"]):
+            point.parent.mkdir(parents=True, exist_ok=True)
+            point.touch()
+        else:
+            point.mkdir(parents=True, exist_ok=True)
+    destinations = {inside(mount["destination"]) for mount in mounts}
+    for folder, _dirs, _files in os.walk(rootfs):
+        if Path(folder) not in destinations and Path(folder) != rootfs:
+            os.chmod(folder, 0o711)  # passable on the way to a mount, not listable
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": _NOBODY if os.geteuid() == 0 else os.getuid(),
+                     "gid": _NOBODY if os.geteuid() == 0 else os.getgid()},
+            "args": argv,
+            "env": [f"{key}={value}" for key, value in env.items()],
+            "cwd": GUEST_ROOT,
+            "capabilities": {kind: [] for kind in
+                             ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "gvisor",
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": kind} for kind in
+                                 ("pid", "network", "ipc", "uts", "mount")]},
+    }
+    (bundle / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
