@@ -110,3 +110,40 @@ def test_close_frees_the_port():
     server.close()
     with pytest.raises(OSError), socket.create_connection(address, timeout=1):
         pass
+
+
+def test_control_channel_calls_run_concurrently_and_replies_find_their_caller():
+    # The guest side of a socket pair plays the REPL process; the host side collects all
+    # eight requests before answering any, in reverse order: calls made one at a time
+    # would never get there.
+    from rlm.bridge.runner import control_caller
+
+    guest_end, host_end = socket.socketpair()
+    guest = protocol.FileStream(guest_end.makefile("rb", buffering=0),
+                                guest_end.makefile("wb", buffering=0))
+    host = protocol.FileStream(host_end.makefile("rb", buffering=0),
+                               host_end.makefile("wb", buffering=0))
+    call = control_caller(guest)
+
+    def host_side():
+        pending = [protocol.recv(host) for _ in range(8)]
+        for frame in reversed(pending):
+            reply = {"text": "echo:" + frame["request"]["prompt"]}
+            protocol.send(host, {"type": "lm_reply", "id": frame["id"], "reply": reply})
+
+    threading.Thread(target=host_side, daemon=True).start()
+    answers: dict[int, str] = {}
+
+    def ask(i):
+        answers[i] = call({"op": "llm_query", "prompt": str(i)})["text"]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert answers == {i: f"echo:{i}" for i in range(8)}
+    for end in (host.reader, host.writer, host_end):  # the host goes away:
+        end.close()  # the next call fails cleanly
+    assert "no LM reply" in call({"op": "llm_query", "prompt": "x"})["error"]["message"]
+    guest_end.close()

@@ -62,22 +62,53 @@ def lm_caller(address: Any, token: str) -> guest.Call:
 
 def control_caller(stream: protocol.Stream) -> guest.Call:
     """The ``call`` of a ``GuestRuntime`` whose LM requests travel on the control channel:
-    an ``lm_request`` frame, then the matching ``lm_reply``; one request at a time."""
-    lock = threading.Lock()
+    an ``lm_request {id}`` frame out, the matching ``lm_reply {id}`` back.
+
+    Calls from several threads run concurrently: each sends its request, and whichever
+    waiting thread finds no one reading becomes the reader, handing each reply to the
+    thread that waits for its id (the host answers in any order)."""
+    send_lock = threading.Lock()
+    arrived = threading.Condition()
+    replies: dict[int, dict[str, Any]] = {}
+    state: dict[str, Any] = {"reading": False, "broken": None}
     ids = itertools.count(1)
 
+    def failure(text: str) -> dict[str, Any]:
+        return {"error": {"type": "BridgeProtocolError",
+                          "message": f"no LM reply on the control channel: {text}"}}
+
+    def read_one() -> None:  # called holding ``arrived``, returns holding it
+        arrived.release()
+        try:
+            frame = protocol.recv(stream)
+        except (OSError, EOFError, protocol.ProtocolError, ValueError) as exc:
+            frame = {"type": "error", "message": str(exc)}
+        finally:
+            arrived.acquire()
+            state["reading"] = False
+        if frame.get("type") == "lm_reply" and isinstance(frame.get("id"), int):
+            replies[frame["id"]] = frame.get("reply") or {}
+        else:
+            state["broken"] = f"{frame.get('type')} {frame.get('message', '')}".strip()
+        arrived.notify_all()
+
     def call(message: dict[str, Any]) -> dict[str, Any]:
-        with lock:
-            ident = next(ids)
-            try:
+        ident = next(ids)
+        try:
+            with send_lock:
                 protocol.send(stream, {"type": "lm_request", "id": ident, "request": message})
-                reply = protocol.recv(stream)
-            except (OSError, EOFError, protocol.ProtocolError) as exc:
-                reply = {"type": "error", "message": str(exc)}
-        if reply.get("type") != "lm_reply" or reply.get("id") != ident:
-            return {"error": {"type": "BridgeProtocolError", "message": "no LM reply on the "
-                              f"control channel: {reply.get('type')} {reply.get('message', '')}"}}
-        return reply.get("reply") or {}
+        except (OSError, ValueError, protocol.ProtocolError) as exc:
+            return failure(str(exc))
+        with arrived:
+            while ident not in replies:
+                if state["broken"] is not None:
+                    return failure(state["broken"])
+                if state["reading"]:
+                    arrived.wait()
+                else:
+                    state["reading"] = True
+                    read_one()
+            return replies.pop(ident)
 
     return call
 
