@@ -1,7 +1,10 @@
 """Tools and traces: give the REPL your own function, record the run, read it back.
 
 - ``tools={"name": function}`` puts ``function`` in the REPL under ``name``; its signature
-  and the first line of its docstring are listed in the system prompt.
+  and the first line of its docstring are listed in the system prompt.  Here the REPL is
+  a separate process (``environment="subprocess"``), so the function travels as its code,
+  with the ``RATES`` table it reads; a tool can also be given as code directly
+  (``tools={"name": "def name(...): ..."}``).
 - ``trace_path=...`` appends one JSON object per event to a JSONL file.
 - ``rlm.trace.load(path)`` rebuilds the call tree (a ``TraceNode``) from that file.
 
@@ -59,7 +62,8 @@ SCRIPT = [
 
 def run(path: Path) -> None:
     with RLM(backend="scripted", backend_kwargs={"responses": SCRIPT, "cost_per_call": 0.001},
-             tools={"eur_rate": eur_rate}, trace_path=path) as rlm:
+             environment="subprocess", tools={"eur_rate": eur_rate},
+             trace_path=path) as rlm:
         result = rlm.completion("What do these invoices add up to, in euros?",
                                   context=INVOICES)
     print(f"response:    {result.response}")
