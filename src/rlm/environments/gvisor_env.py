@@ -15,21 +15,16 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rlm.core.tools import Tool
-from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
-from rlm.environments.sandbox import _TOP, _python_layout
+from rlm.environments.sandbox import _ETC, _TOP, GUEST_ROOT, _python_layout
 from rlm.errors import EnvStartError
 
 __all__ = ["GVisorEnvironment"]
 
-GUEST_ROOT = "/sandbox"
 _NOBODY = 65534
-_ETC = ("/etc/ld.so.cache", "/etc/localtime")
 _probed: dict[str, str] = {}
 
 
@@ -67,19 +62,10 @@ class GVisorEnvironment(ProcessEnvironment):
         self._state: Path | None = None  # runsc's --root: its container state, private
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            _probe()
-        except EnvStartError as exc:
-            return str(exc)
-        return None
+    def probe(cls) -> None:
+        _probe()
 
     # -- hooks of ProcessEnvironment -----------------------------------------------------------
-    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
-        if self._proc is None and not self._closed:
-            _probe()
-        super().start(call, tools)
-
     def guest_path(self, host_path: Path) -> str:
         assert self.scratch is not None
         return str(PurePosixPath(GUEST_ROOT) / Path(host_path).relative_to(self.scratch))

@@ -115,6 +115,19 @@ class ProcessEnvironment(Environment):
         self._closed = False
 
     # -- hooks for subclasses -----------------------------------------------------------------
+    @classmethod
+    def probe(cls) -> None:
+        """Raise ``EnvStartError`` saying why this machine cannot run the environment (a
+        missing tool...); checked by ``unavailable_reason`` and before each start."""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            cls.probe()
+        except EnvStartError as exc:
+            return str(exc)
+        return None
+
     def launch_command(self, runner: Path) -> list[str]:
         """The command that starts ``runner`` (a host path inside the scratch directory)."""
         return [sys.executable, "-I", "-u", str(runner)]
@@ -142,6 +155,7 @@ class ProcessEnvironment(Environment):
             return
         if self._closed:
             raise EnvError("the environment is closed")
+        self.probe()
         self._tool_sources = shipped_tools(tools, self.name)
         self.scratch = Path(tempfile.mkdtemp(prefix="rlm-env-"))
         (self.scratch / "tmp").mkdir()

@@ -20,14 +20,11 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rlm.bridge.tcp import LMServer
-from rlm.core.tools import Tool
-from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
 
@@ -85,12 +82,8 @@ class SandboxEnvironment(ProcessEnvironment):
         self.cgroups: list[Path] | None = None
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            _probe()
-        except EnvStartError as exc:
-            return str(exc)
-        return None
+    def probe(cls) -> None:
+        _probe()
 
     # -- hooks -----------------------------------------------------------------------------
     def guest_path(self, host_path: Path) -> str:
@@ -144,11 +137,6 @@ class SandboxEnvironment(ProcessEnvironment):
         return ["/bin/sh", "-c", script, "sh", filter_file, str(len(procs)), *procs, *command]
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
-        if self._proc is None and not self._closed:
-            _probe()
-        super().start(call, tools)
-
     def _spawn(self) -> None:
         _SPAWNER.submit(super()._spawn).result()
 
