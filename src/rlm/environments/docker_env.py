@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rlm.bridge.tcp import LMServer
 from rlm.core.tools import Tool
 from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
@@ -199,6 +198,7 @@ class DockerEnvironment(ProcessEnvironment):
     isolation = ("container: no network, only its scratch dir mounted, read-only root, "
                  "non-root without capabilities, memory/pids cgroup limits, wall-clock kill")
     use_unix_socket = True
+    guest_root = "/work"
 
     def __init__(self, *, image: str | None = None, python: str = "python3",
                  cpus: float | None = None, tmpfs_mb: int = 64,
@@ -226,13 +226,6 @@ class DockerEnvironment(ProcessEnvironment):
         super().start(call, tools)
 
     # -- hooks of ProcessEnvironment -----------------------------------------------------------
-    def guest_path(self, host_path: Path) -> str:
-        assert self.scratch is not None
-        return str(Path("/work") / Path(host_path).relative_to(self.scratch))
-
-    def guest_lm_address(self, server: LMServer) -> Any:
-        return self.guest_path(Path(str(server.address)))
-
     def process_env(self) -> dict[str, str]:
         """The ``docker`` client's environment (the container's is passed with ``-e``)."""
         return {key: value for key, value in os.environ.items()

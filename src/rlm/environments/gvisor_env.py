@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from rlm.environments.process import ProcessEnvironment
@@ -52,6 +52,7 @@ class GVisorEnvironment(ProcessEnvironment):
                  "the scratch dir writable, uid 65534 without capabilities, rlimits, "
                  "wall-clock kill")
     lm_over_control = True
+    guest_root = GUEST_ROOT
 
     def __init__(self, *, platform: str = "ptrace", runsc_args: tuple[str, ...] | list[str] = (),
                  **kwargs: Any) -> None:
@@ -66,10 +67,6 @@ class GVisorEnvironment(ProcessEnvironment):
         _probe()
 
     # -- hooks of ProcessEnvironment -----------------------------------------------------------
-    def guest_path(self, host_path: Path) -> str:
-        assert self.scratch is not None
-        return str(PurePosixPath(GUEST_ROOT) / Path(host_path).relative_to(self.scratch))
-
     def process_env(self) -> dict[str, str]:
         """The environment of ``runsc`` on the host (the guest's is in ``config.json``)."""
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}

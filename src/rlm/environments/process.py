@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rlm.bridge import protocol
@@ -90,6 +90,8 @@ class ProcessEnvironment(Environment):
     #: LM requests travel on the control channel (``lm_request``/``lm_reply`` frames, see
     #: ``rlm.bridge.runner``) instead of a socket: for guests with no network at all.
     lm_over_control = False
+    #: Where the process sees the scratch directory; ``None``: at its host path.
+    guest_root: str | None = None
 
     def __init__(self, *, block_timeout_s: float = 300.0, memory_mb: int | None = 4096,
                  cpu_s: int | None = None, max_processes: int | None = 256,
@@ -133,11 +135,19 @@ class ProcessEnvironment(Environment):
         return [sys.executable, "-I", "-u", str(runner)]
 
     def guest_path(self, host_path: Path) -> str:
-        """How the process sees a file of the scratch directory."""
-        return str(host_path)
+        """How the process sees a file of the scratch directory: the same path, or the path
+        under ``guest_root`` where the scratch directory is mounted."""
+        if self.guest_root is None:
+            return str(host_path)
+        assert self.scratch is not None
+        return str(PurePosixPath(self.guest_root) / Path(host_path).relative_to(self.scratch))
 
     def guest_lm_address(self, server: LMServer) -> Any:
-        return server.address
+        """The LM server's address as the process sees it (its socket is in the scratch
+        directory when the process has a root of its own)."""
+        if self.guest_root is None:
+            return server.address
+        return self.guest_path(Path(str(server.address)))
 
     def process_killed(self) -> None:
         """Called after the process was killed: remove what it started outside its process

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rlm.bridge.tcp import LMServer
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
 
@@ -73,6 +72,7 @@ class SandboxEnvironment(ProcessEnvironment):
                  "scratch dir writable, unprivileged uid, rlimits and cgroups, no user "
                  "namespaces, wall-clock kill")
     use_unix_socket = True
+    guest_root = GUEST_ROOT
 
     def __init__(self, *, uid: int | None = None, cgroups: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -86,13 +86,6 @@ class SandboxEnvironment(ProcessEnvironment):
         _probe()
 
     # -- hooks -----------------------------------------------------------------------------
-    def guest_path(self, host_path: Path) -> str:
-        assert self.scratch is not None
-        return str(PurePosixPath(GUEST_ROOT) / Path(host_path).relative_to(self.scratch))
-
-    def guest_lm_address(self, server: LMServer) -> Any:
-        return self.guest_path(Path(str(server.address)))
-
     def launch_command(self, runner: Path) -> list[str]:
         """``bwrap`` (inside the cgroups), then ``setpriv`` to ``uid`` when run as root."""
         self._prepare()
