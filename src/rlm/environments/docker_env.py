@@ -198,7 +198,7 @@ class DockerEnvironment(ProcessEnvironment):
     isolation = ("container: no network, only its scratch dir mounted, read-only root, "
                  "non-root without capabilities, memory/pids cgroup limits, wall-clock kill")
     use_unix_socket = True
-    guest_root = "/work"
+    guest_root: str = "/work"
 
     def __init__(self, *, image: str | None = None, python: str = "python3",
                  cpus: float | None = None, tmpfs_mb: int = 64,
@@ -251,7 +251,7 @@ class DockerEnvironment(ProcessEnvironment):
                    "--network", "none", "--read-only",
                    "--tmpfs", f"/tmp:rw,nosuid,nodev,size={self.tmpfs_mb}m",
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                   "--user", user, "-v", f"{self.scratch}:/work", "-w", "/work"]
+                   "--user", user, "-v", f"{self.scratch}:{self.guest_root}", "-w", self.guest_root]
         memory = self.limits["memory_bytes"]
         if memory is not None:
             command += ["--memory", str(memory), "--memory-swap", str(memory)]
