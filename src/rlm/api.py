@@ -12,7 +12,7 @@ from typing import Any
 
 from rlm import registry
 from rlm.backends.base import LMBackend
-from rlm.bridge.guest import RESERVED_NAMES
+from rlm.bridge.guest import MAX_ANSWER_CHARS, RESERVED_NAMES
 from rlm.core.engine import Engine, EngineConfig, Session
 from rlm.core.limits import Limits
 from rlm.core.loop import LoopConfig
@@ -75,6 +75,11 @@ class RLM:
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
     - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
       may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).
+    - ``max_answer_chars``: the longest answer, in characters (default 1,000,000; ``None``:
+      no limit).  The REPL refuses a longer ``FINAL``/``FINAL_VAR`` with an
+      ``AnswerTooLong`` error the model sees, before the answer leaves the REPL; an
+      ``llm_query`` reply or ``rlm_query`` answer handed to REPL code is cut to it with a
+      marker.
     - ``sub_calls=False``: a REPL-only RLM: ``llm_query`` / ``rlm_query`` are disabled and
       not offered in the prompt (the paper's "no sub-calls" ablation).
     - ``trace_dir`` (one JSONL file per call) or ``trace_path`` (append to one file);
@@ -111,10 +116,16 @@ class RLM:
         sub_calls: bool = True,
         max_output_tokens: int | None = None,
         sub_call_max_output_tokens: int | None = None,
+        max_answer_chars: int | None = MAX_ANSWER_CHARS,
     ) -> None:
         self.limits = Limits(max_depth=max_depth, max_iterations=max_iterations,
                              max_budget=max_budget, max_timeout=max_timeout,
                              max_tokens=max_tokens, max_errors=max_errors)
+        if max_answer_chars is not None and (isinstance(max_answer_chars, bool) or not
+                                             isinstance(max_answer_chars, int)
+                                             or max_answer_chars < 1):
+            raise ConfigError(f"max_answer_chars must be a positive int or None, "
+                              f"got {max_answer_chars!r}")
         clash = sorted(set(tools or {}) & set(RESERVED_NAMES))
         if clash:
             raise ConfigError(f"tool names clash with REPL names: {', '.join(clash)}")
@@ -151,7 +162,8 @@ class RLM:
             EngineConfig(
                 loop=LoopConfig(max_output_chars=max_output_chars,
                                 extract_on_limit=extract_on_limit, temperature=temperature,
-                                max_output_tokens=max_output_tokens),
+                                max_output_tokens=max_output_tokens,
+                                max_answer_chars=max_answer_chars),
                 tools=checked_tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
                 sub_calls=sub_calls, sub_call_max_output_tokens=sub_call_max_output_tokens,
             ),

@@ -37,7 +37,7 @@ _BACKENDS: dict[str, Any] = {
 }
 _ENVIRONMENTS: dict[str, Any] = {
     "local": "rlm.environments.local:LocalEnvironment",
-    "subprocess": "rlm.environments.process:SubprocessEnvironment",
+    "subprocess": "rlm.environments.subprocess_env:SubprocessEnvironment",
     "pyodide": "rlm.environments.pyodide_env:PyodideEnvironment",
     "docker": "rlm.environments.docker_env:DockerEnvironment",
     "remote-local": "rlm.environments.remote:LocalRemoteEnvironment",

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from rlm.errors import BadResponseError
 
 if TYPE_CHECKING:
     from rlm.trace.tree import TraceNode
 
 __all__ = [
+    "MAX_COST_PER_CALL_USD",
+    "MAX_TOKENS_PER_CALL",
     "Answer",
     "Completion",
     "CompletionRequest",
@@ -19,6 +25,7 @@ __all__ = [
     "NodeRef",
     "RLMResult",
     "StopReason",
+    "check_usage",
 ]
 
 Message = dict[str, str]
@@ -69,12 +76,84 @@ class CompletionRequest:
         return sum(len(m.get("content", "")) for m in self.messages)
 
 
+#: The most tokens (of each kind) one LM call may report; more is a bad usage report.
+MAX_TOKENS_PER_CALL = 10**9
+#: The most USD one LM call may report; more is a bad usage report.
+MAX_COST_PER_CALL_USD = 1e6
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bad(model: str, name: str, value: Any, rule: str) -> BadResponseError:
+    return BadResponseError(
+        f"model {_shown(model)} reported an impossible usage: {name}={_shown(value)} ({rule}); "
+        "the call is not charged and its reply is dropped"
+    )
+
+
+def _token_count(model: str, name: str, value: Any) -> int:
+    rule = f"must be a whole number from 0 to {MAX_TOKENS_PER_CALL:,}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(model, name, value, rule)
+    if isinstance(value, numbers.Integral):
+        count = int(value)
+    else:
+        number = float(value)
+        if not math.isfinite(number) or not number.is_integer():
+            raise _bad(model, name, value, rule)
+        count = int(number)
+    if not 0 <= count <= MAX_TOKENS_PER_CALL:
+        raise _bad(model, name, value, rule)
+    return count
+
+
+def _cost(model: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    rule = f"must be a finite number of USD from 0 to {MAX_COST_PER_CALL_USD:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(model, "cost_usd", value, rule)
+    try:
+        cost = float(value)
+    except (OverflowError, ValueError):
+        raise _bad(model, "cost_usd", value, rule) from None
+    if not (math.isfinite(cost) and 0.0 <= cost <= MAX_COST_PER_CALL_USD):
+        raise _bad(model, "cost_usd", value, rule)
+    return cost
+
+
+def check_usage(completion: Completion) -> None:
+    """Raise ``BadResponseError`` unless the usage of ``completion`` is possible.
+
+    Possible means: token counts are whole numbers from 0 to ``MAX_TOKENS_PER_CALL`` and
+    ``cost_usd`` is ``None`` or a finite number from 0 to ``MAX_COST_PER_CALL_USD``.
+    ``Completion`` runs this when it is built and ``Budget.commit`` again before charging.
+    """
+    model = completion.model if isinstance(completion.model, str) else "?"
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+        _token_count(model, name, getattr(completion, name))
+    _cost(model, completion.cost_usd)
+
+
 @dataclass(frozen=True)
 class Completion:
     """What a backend returns: the text, token counts and cost (``None`` when unknown).
 
     ``cached_input_tokens`` is the part of ``input_tokens`` served from a prefix cache
     (not processed again), when the backend knows it.
+
+    Usage is checked when a ``Completion`` is built, so every backend (third-party ones
+    too) is covered: token counts must be whole numbers from 0 to ``MAX_TOKENS_PER_CALL``
+    (``12.0`` is taken as ``12``) and ``cost_usd`` ``None`` or a finite number from 0 to
+    ``MAX_COST_PER_CALL_USD``.  Anything else (negative, NaN, infinite, absurdly large, not
+    a number) raises ``rlm.BadResponseError``: a call that reports impossible usage fails
+    like a malformed response, is not charged, and can never lower what the tree has spent.
     """
 
     text: str
@@ -84,6 +163,12 @@ class Completion:
     cost_usd: float | None = None
     latency_s: float = 0.0
     cached_input_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        model = self.model if isinstance(self.model, str) else "?"
+        for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+            object.__setattr__(self, name, _token_count(model, name, getattr(self, name)))
+        object.__setattr__(self, "cost_usd", _cost(model, self.cost_usd))
 
     @property
     def total_tokens(self) -> int:
@@ -160,14 +245,32 @@ class ExecResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecResult:
+        """Decode a result sent by a REPL; ``ValueError`` when it is malformed (a REPL is
+        untrusted: model code may forge its frames)."""
+        def text(key: str, *, optional: bool = False) -> Any:
+            value = data.get(key, None if optional else "")
+            if not isinstance(value, str) and not (optional and value is None):
+                raise ValueError(f"malformed REPL result: {key!r} is {type(value).__name__}")
+            return value
+
+        if not isinstance(data, dict):
+            raise ValueError("malformed REPL result: not an object")
         final = data.get("final")
+        if final is not None and not (
+                isinstance(final, dict) and isinstance(final.get("text"), str)
+                and final.get("source") in ("FINAL", "FINAL_VAR")):
+            raise ValueError("malformed REPL result: 'final' must be {text, source}")
+        elapsed = data.get("elapsed_s", 0.0)
+        notes = data.get("notes", ())
+        if isinstance(elapsed, bool) or not isinstance(elapsed, int | float) or \
+                not 0 <= elapsed < float("inf"):
+            raise ValueError("malformed REPL result: 'elapsed_s' must be a number >= 0")
+        if not isinstance(notes, list | tuple) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("malformed REPL result: 'notes' must be a list of strings")
         return cls(
-            stdout=data.get("stdout", ""),
-            stderr=data.get("stderr", ""),
-            error=data.get("error"),
+            stdout=text("stdout"), stderr=text("stderr"), error=text("error", optional=True),
             final=None if final is None else Answer(final["text"], final["source"]),
-            elapsed_s=data.get("elapsed_s", 0.0),
-            notes=tuple(data.get("notes", ())),
+            elapsed_s=float(elapsed), notes=tuple(notes),
         )
 
 

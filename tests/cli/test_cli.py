@@ -218,3 +218,21 @@ def test_first_ctrl_c_cancels_with_the_partial_answer(script, traces_home):
     assert proc.returncode == 130, err
     assert json.loads(out)["stop_reason"] == "cancelled"
     assert "cancelling" in err and "Traceback" not in err
+
+
+def test_a_final_line_that_exits_is_printed_as_the_answer(cli_runner, script):
+    result = cli_runner.invoke(cli, ["run", "q", "--script", str(script("FINAL(exit(3))"))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "exit(3)\n"
+
+
+def test_a_system_exit_during_the_run_is_reported_not_silent(cli_runner, script, monkeypatch):
+    from rlm.api import RLM
+
+    def exits(self, *args, **kwargs):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(RLM, "completion", exits)
+    result = cli_runner.invoke(cli, ["run", "q", "--script", str(script(repl("FINAL(1)")))])
+    assert result.exit_code == 1
+    assert "Error: the run was ended by SystemExit(3)" in result.stderr

@@ -63,3 +63,14 @@ def test_strip_code_keeps_prose():
 
 def test_final_line_inside_a_non_code_fence_is_ignored():
     assert find_final_line("Example:\n```text\nFINAL(42)\n```") is None
+
+
+def test_final_line_inside_an_html_comment_is_ignored():
+    assert find_final_line("Working on it.\n<!-- \nFINAL(x)\n-->") is None
+    assert find_final_line("<!-- FINAL(x) -->") is None
+    assert find_final_line("still thinking <!-- hidden\nFINAL(x)") is None  # never closed
+    # outside the comment it still counts, on the lines around it
+    assert find_final_line("<!-- note -->\nFINAL(42)") == ("FINAL", "42")
+    assert find_final_line("<!--\nFINAL(1)\n-->\nFINAL(2)") == ("FINAL", "2")
+    # a comment marker inside code hides nothing
+    assert find_final_line("```repl\ns = '<!--'\n```\nFINAL(3)") == ("FINAL", "3")

@@ -19,10 +19,11 @@ import httpx
 import pytest
 
 from rlm import registry
+from rlm.environments.files import RUNNER_FILES
 from rlm.errors import EnvError
 
 ENDPOINTS = [("GET", "/health"), ("POST", "/exec"), ("POST", "/set_var"),
-             ("POST", "/final_text"), ("POST", "/shutdown"), ("GET", "/pending"),
+          ("POST", "/shutdown"), ("GET", "/pending"),
              ("POST", "/respond")]
 
 
@@ -52,7 +53,7 @@ def remote():
 def bare_broker(tmp_path: Path):
     """``broker.py`` started as a cloud adapter starts it, with no host polling it:
     the test plays the host with plain HTTP.  The host counts as gone after 1 s."""
-    for name in ("guest.py", "broker.py"):
+    for name in RUNNER_FILES:
         (tmp_path / name).write_bytes(resources.files("rlm.bridge").joinpath(name).read_bytes())
     token = secrets.token_urlsafe(16)
     (tmp_path / "token").write_text(token)

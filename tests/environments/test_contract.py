@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -55,8 +56,30 @@ def test_final_and_final_var(env):
     assert env.execute("FINAL(6 * 7)").final.text == "42"
     assert env.execute("answer = 'x'\nFINAL_VAR('answer')").final.text == "x"
     assert env.execute("FINAL_VAR('k', [1])").final.text == "[1]"
-    assert env.resolve_final_text("answer") == "x"
-    assert env.resolve_final_text("not python at all") == "not python at all"
+
+
+def test_final_lines_outside_code_run_as_blocks(env_name):
+    """A FINAL line is code run in the REPL (its value), else its text: never an escape."""
+    replies = [repl("x = 6 * 7"), "Done.\nFINAL(x)",
+               "FINAL(exit(3))",
+               "FINAL(the answer is 42)",
+               "<!--\nFINAL('hidden')\n-->\nFINAL_VAR(x)"]
+    with RLM(backend="scripted", environment=env_name, persistent=True,
+             backend_kwargs={"responses": replies}) as rlm:
+        assert rlm.completion("q").response == "42"
+        result = rlm.completion("q")  # SystemExit in the REPL: the text is the answer
+        assert (result.response, result.stop_reason) == ("exit(3)", "final")
+        assert rlm.completion("q").response == "the answer is 42"
+        assert rlm.completion("q").response == "42"
+
+
+def test_final_answers_over_the_limit_are_refused_in_the_repl(env_name):
+    replies = [repl("FINAL('x' * 11)"), "FINAL('y' * 11)", repl("FINAL('x' * 10)")]
+    result = RLM(backend="scripted", environment=env_name, max_answer_chars=10,
+                 backend_kwargs={"responses": replies}).completion("q")
+    assert result.response == "x" * 10
+    errors = [e.data["error"] for e in result.trace.code_executions]
+    assert len(errors) == 3 and all("AnswerTooLong" in e for e in errors[:2])
 
 
 def test_scaffold_is_restored(env):
@@ -103,6 +126,18 @@ def test_a_runaway_block_is_stopped(timeout_env):
         assert environment.execute("print(context)").stdout == "kept\n"
     finally:
         environment.close()
+
+
+@pytest.mark.parametrize("timeout_env", TIMEOUT_ENVIRONMENTS)
+def test_a_final_line_that_runs_forever_is_stopped(timeout_env):
+    spin = "next(x for x in iter(int, 1) if x)"  # Python bytecode forever, no memory
+    started = time.monotonic()
+    result = RLM(backend="scripted", environment=timeout_env,
+                 environment_kwargs={"block_timeout_s": 1.0},
+                 backend_kwargs={"responses": [f"FINAL({spin})"]}).completion("q")
+    assert (result.response, result.stop_reason) == (spin, "final")
+    assert time.monotonic() - started < 60
+    assert "TimeoutError" in result.trace.code_executions[0].data["error"]
 
 
 def test_close_is_idempotent(env_factory):

@@ -171,7 +171,7 @@ def test_no_container_is_left_after_close():
     environment = DockerEnvironment()
     environment.start(host)
     assert len(containers(**{LABEL: "docker", "rlm.instance": environment.instance_id})) == 1
-    scratch = environment.scratch
+    scratch = environment.home
     environment.close()
     assert containers(**{"rlm.instance": environment.instance_id}) == []
     assert scratch is not None and not scratch.exists()

@@ -57,6 +57,41 @@ def test_frames_survive_short_writes():
     assert protocol.recv(protocol.FileStream(io.BytesIO(bytes(sink.data)), None)) == message
 
 
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb\udc80", "\ud800 and \U0001f600", "é\x00"])
+def test_any_str_round_trips_even_a_lone_surrogate(text):
+    message = {"type": "result", "stdout": text, text: [text]}
+    frame = protocol.encode(message)
+    assert protocol.recv(protocol.FileStream(io.BytesIO(frame), None)) == message
+
+
+def test_a_high_and_a_low_surrogate_side_by_side_come_back_as_their_character():
+    # JSON cannot tell them from the character they pair into (in its \u escapes both
+    # are "\ud83d\ude00")
+    frame = protocol.encode({"stdout": "\ud83d\ude00 \ud800"})
+    assert protocol.recv(protocol.FileStream(io.BytesIO(frame), None)) == {
+        "stdout": "\U0001f600 \ud800"}
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000 + b"]" * 200_000,
+                                  b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                                  b"\xff\xfe", b"[1, 2]", b"{", b""])
+def test_a_frame_that_cannot_be_decoded_is_a_protocol_error(body):
+    frame = len(body).to_bytes(4, "big") + body
+    with pytest.raises(protocol.ProtocolError):
+        protocol.recv(protocol.FileStream(io.BytesIO(frame), None))
+
+
+def test_a_message_json_cannot_hold_is_a_protocol_error():
+    cycle: list = []
+    cycle.append(cycle)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for message in ({"x": cycle}, {"x": deep}, {(1, 2): "tuple key"}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.encode(message)
+
+
 def test_oversized_and_truncated_frames_are_refused():
     with pytest.raises(protocol.ProtocolError):
         protocol.encode({"x": "y" * 100}, max_bytes=10)
@@ -67,21 +102,55 @@ def test_oversized_and_truncated_frames_are_refused():
         protocol.recv(protocol.FileStream(io.BytesIO(big[:-3]), None))
 
 
+def refused(address, opening: bytes) -> bool:
+    """Whether a request opened with ``opening`` instead of the right preamble gets no
+    answer: an error frame, or the connection cut (its unread request resets it)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    body = protocol.encode({"op": "llm_query", "prompt": "x" * 64})  # longer than a preamble
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(address)
+        try:
+            sock.sendall(opening + body)
+            reply = protocol.recv(protocol.SocketStream(sock))
+        except (OSError, EOFError):
+            return True
+    return reply["error"]["type"] == "BridgeProtocolError" and "text" not in reply
+
+
 @pytest.mark.parametrize("unix", [False, True])
 def test_requests_need_the_token(tmp_path, unix):
     with LMServer(slow_echo, unix_path=tmp_path / "lm.sock" if unix else None) as server:
-        ok = protocol.request(server.address, {"op": "llm_query", "prompt": "hi",
-                                               "token": server.token})
+        ok = protocol.request(server.address, {"op": "llm_query", "prompt": "hi"},
+                              token=server.token)
         assert ok == {"text": "hi"}
-        for token in (None, "wrong"):
-            message = {"op": "llm_query", "prompt": "hi"}
-            if token:
-                message["token"] = token
-            reply = protocol.request(server.address, message)
-            assert reply["error"]["type"] == "BridgeProtocolError" and "text" not in reply
-        assert server.refused == 2
+        right = protocol.preamble(server.token)
+        one_bit_off = right[:-1] + bytes([right[-1] ^ 1])
+        for opening in (b"", protocol.preamble("wrong"), one_bit_off, protocol.AUTH_MAGIC):
+            assert refused(server.address, opening)
+        assert server.refused == 4
         if not unix:
             assert server.address[0] == "127.0.0.1"
+
+
+def test_a_refused_peer_is_told_why():
+    with LMServer(slow_echo) as server:
+        for opening, why in ((protocol.preamble("wrong"), "wrong token"),
+                             (b"GET / HTTP/1.1\r\n" + b"x" * 40, "must open with")):
+            with socket.create_connection(server.address, timeout=5) as sock:
+                sock.sendall(opening[:protocol.PREAMBLE_BYTES])  # nothing unread: no reset
+                reply = protocol.recv(protocol.SocketStream(sock))
+                assert why in reply["error"]["message"]
+                assert sock.recv(1) == b""
+
+
+def test_one_connection_carries_many_requests():
+    with LMServer(slow_echo) as server, socket.create_connection(server.address) as sock:
+        stream = protocol.SocketStream(sock)
+        stream.write(protocol.preamble(server.token))
+        for i in range(3):
+            protocol.send(stream, {"op": "llm_query", "prompt": str(i)})
+            assert protocol.recv(stream) == {"text": str(i)}
 
 
 def test_concurrent_requests_are_served_at_once():
@@ -89,8 +158,8 @@ def test_concurrent_requests_are_served_at_once():
         replies = []
 
         def ask(i):
-            replies.append(protocol.request(server.address, {"op": "llm_query", "prompt": str(i),
-                                                             "token": server.token}))
+            replies.append(protocol.request(server.address, {"op": "llm_query", "prompt": str(i)},
+                                            token=server.token))
 
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(64)]
         started = time.monotonic()
@@ -147,3 +216,16 @@ def test_control_channel_calls_run_concurrently_and_replies_find_their_caller():
         end.close()  # the next call fails cleanly
     assert "no LM reply" in call({"op": "llm_query", "prompt": "x"})["error"]["message"]
     guest_end.close()
+
+
+def test_printing_a_lone_surrogate_keeps_the_repl_and_its_variables():
+    from rlm import registry
+    from tests.environments.conftest import require_available
+
+    require_available("subprocess")
+    with registry.create_environment("subprocess", {}) as env:
+        env.start(lambda message: {"text": "echo:" + message.get("prompt", "")})
+        assert env.execute("kept = 41").error is None
+        result = env.execute("print('\\ud800', llm_query('\\udfff'))\nkept += 1")
+        assert result.error is None and result.stdout == "\ud800 echo:\udfff\n"
+        assert env.execute("print(kept)").stdout == "42\n"

@@ -34,9 +34,9 @@ def run(env, code: str) -> tuple[str, str]:
 
 
 def test_only_read_permission_on_two_folders(env):
-    flags = [arg for arg in env.launch_command(env.scratch / ".rlm" / "runner.py")
+    flags = [arg for arg in env.launch_command(env.control / "runner.py")
              if arg.startswith("--allow")]
-    assert flags == [f"--allow-read={env._pyodide.parent.parent},{env.scratch}"]
+    assert flags == [f"--allow-read={env._pyodide.parent.parent},{env.control}"]
     out, error = run(env, "import js\nfrom pyodide.ffi import to_js\n"
                           "for name in ['net', 'write', 'run', 'env', 'ffi', 'sys']:\n"
                           "    ask = to_js({'name': name}, dict_converter=js.Object.fromEntries)\n"
@@ -119,6 +119,6 @@ def test_close_leaves_no_process_or_folder():
     require_available("pyodide")
     environment = registry.create_environment("pyodide")
     environment.start(host)
-    proc, scratch = environment._proc, environment.scratch
+    proc, scratch = environment._proc, environment.home
     environment.close()
     assert proc.poll() is not None and not scratch.exists()

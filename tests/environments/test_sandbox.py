@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlm.environments import sandbox as sandbox_module
-from rlm.environments.sandbox import GUEST_ROOT, SandboxEnvironment
+from rlm.environments.sandbox import GUEST_CONTROL, SandboxEnvironment
 from rlm.errors import EnvStartError
 from tests.environments.conftest import require_available
 
@@ -89,7 +89,7 @@ def test_host_processes_cannot_be_seen_or_signalled(env):
 
 
 def test_writes_outside_the_scratch_dir_fail(env):
-    targets = [f"/tmp/x-{secrets.token_hex(4)}", "/usr/x", "/x", f"{GUEST_ROOT}/.rlm/x",
+    targets = [f"/tmp/x-{secrets.token_hex(4)}", "/usr/x", "/x", f"{GUEST_CONTROL}/x",
                str(Path(sys.prefix) / "x"), str(PROJECT / "x"), "/dev/shm/x"]
     for path in targets:
         assert attempt(env, f"open({path!r}, 'w').write('x')").startswith("DENIED"), path
@@ -191,23 +191,27 @@ def test_killing_the_parent_does_not_reach_the_host(env):
 
 
 def test_a_forged_lm_request_is_refused(env):
-    code = f"""import json, socket, struct
-for extra in ({{}}, {{'token': 'guess'}}):
+    code = f"""import hashlib, json, socket, struct
+body = json.dumps({{'op': 'llm_query', 'prompt': 'x', 'token': 'guess'}}).encode()
+frame = struct.pack('>I', len(body)) + body
+for opening in (frame[:40], b'rlm-lm/1' + hashlib.sha256(b'guess').digest()):
     s = socket.socket(socket.AF_UNIX)
-    s.connect('{GUEST_ROOT}/.rlm/lm.sock')
-    body = json.dumps({{'op': 'llm_query', 'prompt': 'x', **extra}}).encode()
-    s.sendall(struct.pack('>I', len(body)) + body)
-    size = struct.unpack('>I', s.recv(4))[0]
-    print(json.loads(s.recv(size))['error']['message'])
+    s.connect('{GUEST_CONTROL}/lm.sock')
+    s.sendall(opening)  # a frame without the preamble, then a preamble with a wrong token
+    data = b''
+    while chunk := s.recv(65536):
+        data += chunk
+    size = struct.unpack('>I', data[:4])[0]
+    print(json.loads(data[4:4 + size])['error']['message'][:22])
     s.close()"""
-    assert run(env, code).splitlines() == ["missing or wrong token"] * 2
+    assert run(env, code).splitlines() == ["not an LM handler conn", "missing or wrong token"]
     assert run(env, "print(llm_query('q'))") == "answered\n"
 
 
 def test_close_leaves_nothing_behind():
     environment = SandboxEnvironment()
     environment.start(host)
-    scratch, cgroups = environment.scratch, list(environment.cgroups or [])
+    scratch, cgroups = environment.home, list(environment.cgroups or [])
     pid = environment._proc.pid
     environment.close()
     assert not scratch.exists() and not any(path.exists() for path in cgroups)

@@ -18,8 +18,10 @@ API:
   drop=False, times=1)``: script the next answers, consumed first in first out.  ``text``
   replaces the reply; ``status`` >= 400 sends an OpenAI-style error; ``body`` (str, bytes or
   JSON value) is sent verbatim; ``usage`` is ``True`` (4 characters per token), ``False``
-  (no usage field) or ``(prompt_tokens, completion_tokens)``; ``drop=True`` closes the
-  connection without answering.
+  (no usage field), ``(prompt_tokens, completion_tokens)`` (any JSON values, hostile ones
+  too: ``float("nan")`` and ``float("inf")`` go out as ``NaN`` and ``Infinity``) or a dict
+  sent verbatim as the ``usage`` object (for fields such as ``cost``); ``drop=True`` closes
+  the connection without answering.
 - ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body).
 - ``.start()`` / ``.stop()`` or ``with``: ``stop`` interrupts pending delays, closes every
   open connection and joins the server threads.
@@ -42,6 +44,7 @@ from typing import Any
 __all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse"]
 
 ReplyFunction = Callable[[dict[str, Any]], str]
+Usage = bool | tuple[Any, Any] | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class ScriptedResponse:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     delay_s: float = 0.0
-    usage: bool | tuple[int, int] = True
+    usage: Usage = True
     drop: bool = False
 
 
@@ -131,7 +134,7 @@ class FakeOpenAIServer:
     """A real HTTP server in a thread that answers ``POST /v1/chat/completions``."""
 
     def __init__(self, reply: str | ReplyFunction = "ok", *, latency_s: float = 0.0,
-                 usage: bool | tuple[int, int] = True, model: str = "fake") -> None:
+                 usage: Usage = True, model: str = "fake") -> None:
         self.reply = reply
         self.latency_s = latency_s
         self.usage = usage
@@ -182,7 +185,7 @@ class FakeOpenAIServer:
     # -- scripting --------------------------------------------------------------------------
     def enqueue(self, text: str | None = None, *, status: int = 200,
                 headers: dict[str, str] | None = None, body: Any = None, delay_s: float = 0.0,
-                usage: bool | tuple[int, int] = True, drop: bool = False,
+                usage: Usage = True, drop: bool = False,
                 times: int = 1) -> None:
         """Script the next ``times`` answers (consumed before the default ``reply``)."""
         with self._lock:
@@ -239,7 +242,7 @@ class FakeOpenAIServer:
         return self.reply(body) if callable(self.reply) else self.reply
 
     def _completion(self, body: dict[str, Any], text: str,
-                    usage: bool | tuple[int, int]) -> dict[str, Any]:
+                    usage: Usage) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": f"chatcmpl-fake-{len(self.requests)}",
             "object": "chat.completion",
@@ -251,9 +254,12 @@ class FakeOpenAIServer:
         if usage is True:
             chars = sum(len(m.get("content") or "") for m in body["messages"])
             usage = (math.ceil(chars / 4), math.ceil(len(text) / 4))
-        if usage:
-            data["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                             "total_tokens": usage[0] + usage[1]}
+        if isinstance(usage, dict):
+            data["usage"] = usage
+        elif usage:
+            data["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+            with contextlib.suppress(TypeError):
+                data["usage"]["total_tokens"] = usage[0] + usage[1]
         return data
 
     @staticmethod

@@ -52,10 +52,11 @@ def run(env: str, out: Path, *, timeout_s: float = 900) -> dict[str, dict]:
                 results[record["id"]] = record
         if len(results) == len(catalogue):
             break
-        if last_start is None or last_start["id"] in results:
+        if last_start is None:
             raise RuntimeError(f"the driver for {env} stopped without running an entry")
-        results[last_start["id"]] = {"id": last_start["id"], "verdict": "not stopped",
-                                     "detail": "the attack killed the host process"}
+        if last_start["id"] not in results:
+            results[last_start["id"]] = {"id": last_start["id"], "verdict": "not stopped",
+                                         "detail": "the attack killed the host process"}
         first = last_start["index"] + 1
     return results
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -74,6 +75,12 @@ def _translate_errors(where: str) -> Iterator[None]:
                                      f"{str(exc)[:_ERROR_CHARS]})") from exc
     except httpx.HTTPError as exc:
         raise BadResponseError(f"{where}: {type(exc).__name__}: {str(exc)[:_ERROR_CHARS]}") from exc
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not ``bool``), neither NaN nor infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _retry_after(value: str | None, default: float) -> float:
@@ -154,8 +161,14 @@ class OpenAIBackend(LMBackend):
     ) -> None:
         if provider is not None and provider not in PRESETS:
             raise ConfigError(f"unknown provider {provider!r}; known: {', '.join(PRESETS)}")
-        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
+        if not (_finite(timeout_s) and timeout_s > 0 and _finite(backoff_s) and backoff_s >= 0
+                and isinstance(max_retries, int) and max_retries >= 0):
             raise ConfigError("timeout_s must be > 0; max_retries and backoff_s must be >= 0")
+        if price_per_mtok is not None and not (
+                isinstance(price_per_mtok, tuple | list) and len(price_per_mtok) == 2
+                and all(_finite(p) and p >= 0 for p in price_per_mtok)):
+            raise ConfigError("price_per_mtok must be two finite USD prices >= 0 (input, output)"
+                              f", got {price_per_mtok!r}")
         default_url, key_env = PRESETS[provider or "openai"]
         self.model_name = model
         self.provider = provider or "openai"
@@ -269,22 +282,34 @@ class OpenAIBackend(LMBackend):
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
             usage = data.get("usage") or {}
-            input_tokens = int(usage.get("prompt_tokens", estimate_tokens(request.prompt_chars)))
-            output_tokens = int(usage.get("completion_tokens", estimate_tokens(len(text))))
-        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            if not isinstance(usage, dict):
+                raise TypeError(f"usage is {type(usage).__name__}")
+            input_tokens = usage.get("prompt_tokens")
+            output_tokens = usage.get("completion_tokens")
+        except (ValueError, LookupError, TypeError, AttributeError, ArithmeticError) as exc:
             raise BadResponseError(self._scrub(
                 f"{self._where}: malformed response "
                 f"(HTTP {response.status_code}): {type(exc).__name__}: {response.text[:100]!r}"
             ), status_code=response.status_code) from exc
         model = data.get("model")
-        return Completion(
-            text=text,
-            model=model if isinstance(model, str) and model else self.model_name,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=self._cost(input_tokens, output_tokens),
-            latency_s=time.monotonic() - started,
-        )
+        try:
+            # Completion checks the usage (whole, non-negative, bounded: rlm.types), so a
+            # server reporting negative, NaN, infinite or absurd counts raises here and is
+            # never charged; its ``usage.cost`` is ignored, the price comes from our table.
+            completion = Completion(
+                text=text,
+                model=model if isinstance(model, str) and model else self.model_name,
+                input_tokens=estimate_tokens(request.prompt_chars) if input_tokens is None
+                else input_tokens,
+                output_tokens=estimate_tokens(len(text)) if output_tokens is None
+                else output_tokens,
+                latency_s=time.monotonic() - started,
+            )
+            return replace(completion, cost_usd=self._cost(completion.input_tokens,
+                                                           completion.output_tokens))
+        except BadResponseError as exc:
+            raise BadResponseError(self._scrub(f"{self._where}: {exc}"),
+                                   status_code=response.status_code) from exc
 
     def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
         if self.price_per_mtok is None:

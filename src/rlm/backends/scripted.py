@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,10 @@ class ScriptedBackend(LMBackend):
             isinstance(responses, str) or not isinstance(responses, Sequence)
         ):
             raise ConfigError("responses must be a list of strings or a callable")
+        for name, value in (("latency_s", latency_s), ("cost_per_call", cost_per_call)):
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         self._responses = responses if callable(responses) else list(responses)
         self._lock = threading.Lock()
         self._next = 0

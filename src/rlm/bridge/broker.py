@@ -11,7 +11,7 @@ Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T`
 ``POST /set_var?name=N&format=text|bytes|json`` with the value's raw bytes as the body
 (UTF-8 text, bytes, or JSON; streamed, up to ``MAX_VALUE_BYTES``); ``POST /tools
 {sources}`` defines the user's tools from their code (422 when one fails); ``POST
-/final_text {expression}`` -> ``{text}``; ``POST /shutdown`` (the process exits).  LM
+/shutdown`` (the process exits).  LM
 requests: ``GET /pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to
 S seconds (at most half the host timeout); ``POST /respond {id, reply}``, 409 when no call
 waits for ``id`` any more.
@@ -49,9 +49,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 if __package__:
-    from rlm.bridge import guest
+    from rlm.bridge import guards, guest
 else:  # run as a file shipped next to guest.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import guards  # type: ignore[no-redef]
     import guest  # type: ignore[no-redef]
 
 VERSION = 1
@@ -235,7 +236,7 @@ class Broker:
             return "abandoned", None
         finally:
             _restore_builtins()
-            self.runtime.namespace["__builtins__"] = guest.guarded_builtins()
+            self.runtime.namespace["__builtins__"] = guards.guarded_builtins()
 
     def execute(self, code: str, timeout_s: float | None = None) -> dict[str, Any]:
         limit = self.block_timeout_s if timeout_s is None else float(timeout_s)
@@ -254,12 +255,6 @@ class Broker:
         return {"stdout": "", "stderr": "", "notes": [], **(result or {}), "final": None,
                 "elapsed_s": time.monotonic() - started, "error": error}
 
-    def final_text(self, expression: str) -> str:
-        with self._control:
-            state, text = self._supervise(
-                lambda runtime: runtime.evaluate_final_text(expression), self.block_timeout_s)
-        return text if state == "done" else expression.strip()
-
 
 def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str, list[str]]
            ) -> tuple[int, dict[str, Any]]:
@@ -273,8 +268,6 @@ def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str,
         except RuntimeError as exc:  # a tool's code failed: the host's start fails with this
             return 422, {"error": str(exc)}
         return 200, {"ok": True}
-    if endpoint == "POST /final_text":
-        return 200, {"text": broker.final_text(str(body["expression"]))}
     if endpoint == "POST /shutdown":
         broker.shutdown()
         return 200, {"ok": True}

@@ -8,12 +8,18 @@ local environment, a socket or an HTTP broker elsewhere).  Requests are
 ``{"op": "llm_query" | "llm_query_batched" | "rlm_query" | "rlm_query_batched" | "budget",
 ...}``; replies carry ``text``, ``results`` (one ``{text}`` or ``{error}`` per slot),
 ``remaining``, or ``error: {type, message}`` (see ``rlm.bridge.handler.LMHandler.handle``).
+
+Bounds, applied here so that nothing larger ever leaves the REPL: a final answer longer
+than ``max_answer_chars`` is refused (``FINAL``/``FINAL_VAR`` raise ``AnswerTooLong`` in the
+cell, so the model can submit something shorter); each captured stream keeps at most
+``capture_limit`` characters (head and tail) and so does a block's error text.  The host
+sets ``max_answer_chars`` through ``set_variable(SETTINGS_NAME, {"max_answer_chars": N})``,
+which every environment already forwards; that name is never bound in the namespace.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
 import contextvars
 import io
 import json
@@ -25,6 +31,11 @@ import traceback
 import types
 from collections.abc import Callable
 from typing import Any
+
+try:  # inside the package
+    from rlm.bridge import guards
+except ImportError:  # shipped as plain files next to this one
+    import guards  # type: ignore[no-redef]
 
 RESERVED_NAMES = (
     "context",
@@ -39,6 +50,11 @@ RESERVED_NAMES = (
 )
 
 Call = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: The longest final answer ``FINAL``/``FINAL_VAR`` accept, unless the host sets another.
+MAX_ANSWER_CHARS = 1_000_000
+#: ``set_variable`` under this name configures the runtime instead of binding a variable.
+SETTINGS_NAME = "__rlm_settings__"
 
 
 # -- errors model code can catch ----------------------------------------------------------
@@ -60,6 +76,10 @@ LIMIT_KINDS = {
 }
 
 
+class AnswerTooLong(ValueError):
+    """``FINAL``/``FINAL_VAR`` got an answer longer than the run's ``max_answer_chars``."""
+
+
 class QueryFailed(str):
     """The text put in a batch slot whose call failed; the other slots are unaffected."""
 
@@ -74,6 +94,10 @@ class QueryFailed(str):
 def _raise_for(error: dict[str, Any]) -> None:
     kind, message = error.get("type", "Error"), error.get("message", "")
     raise (LimitReached if kind in LIMIT_KINDS else LMQueryError)(kind, message)
+
+
+def _disconnected(message: dict[str, Any]) -> dict[str, Any]:
+    return {"error": {"type": "Cancelled", "message": "the REPL is closed"}}
 
 
 def _slot(result: dict[str, Any]) -> str:
@@ -114,8 +138,14 @@ class _Capture:
                 self.tail = self.tail[cut:]
 
     def value(self) -> str:
-        middle = f"\n... [{self.dropped} characters dropped] ...\n" if self.dropped else ""
-        return "".join(self.head) + middle + self.tail
+        """The head and at most as much of the tail: never more than the limit, plus the
+        marker (the tail grows to twice that between trims)."""
+        tail, dropped = self.tail, self.dropped
+        if len(tail) > self.half:
+            dropped += len(tail) - self.half
+            tail = tail[-self.half:]
+        middle = f"\n... [{dropped} characters dropped] ...\n" if dropped else ""
+        return "".join(self.head) + middle + tail
 
 
 _current: contextvars.ContextVar[dict[str, _Capture] | None] = contextvars.ContextVar(
@@ -167,66 +197,6 @@ def install_capture() -> None:
             sys.stderr = _StreamProxy(sys.stderr, "stderr")
 
 
-# -- guards against code that would end the host process ------------------------------------
-class _GuardedOS(types.ModuleType):
-    """``os`` as model code sees it: ``_exit``, ``abort`` and signals to this process raise."""
-
-    def __init__(self, real: types.ModuleType) -> None:
-        super().__init__(real.__name__, real.__doc__)
-        self.__dict__["_real"] = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_real"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.__dict__["_real"], name, value)
-
-    def _exit(self, code: int = 0) -> None:
-        real = self.__dict__["_real"]
-        if real.getpid() != _REPL_PID:  # a child forked by model code may end itself
-            real._exit(code)
-        raise SystemExit(f"os._exit({code}) is not allowed in the REPL")
-
-    @staticmethod
-    def abort() -> None:
-        raise SystemExit("os.abort() is not allowed in the REPL")
-
-    def kill(self, pid: int, sig: int) -> None:
-        real = self.__dict__["_real"]
-        if pid in (0, -1, real.getpid(), real.getppid()) or pid == -real.getpgrp():
-            raise PermissionError("signalling the REPL's own process is not allowed")
-        real.kill(pid, sig)
-
-    def killpg(self, pgid: int, sig: int) -> None:
-        real = self.__dict__["_real"]
-        if pgid in (0, real.getpgrp()):
-            raise PermissionError("signalling the REPL's own process group is not allowed")
-        real.killpg(pgid, sig)
-
-
-_REPL_PID = os.getpid()
-_GUARDED = {"os": _GuardedOS(os)}
-if "posix" in sys.modules:
-    _GUARDED["posix"] = _GuardedOS(sys.modules["posix"])
-_real_import = builtins.__import__
-
-
-def _guarded_import(name: str, globals: Any = None, locals: Any = None,
-                    fromlist: Any = (), level: int = 0) -> Any:
-    module = _real_import(name, globals, locals, fromlist, level)
-    top = name.partition(".")[0]
-    if level == 0 and top in _GUARDED and (not fromlist or name == top):
-        return _GUARDED[top]
-    return module
-
-
-def guarded_builtins() -> dict[str, Any]:
-    """A copy of the builtins whose ``__import__`` hands out the guarded ``os``."""
-    table = dict(vars(builtins))
-    table["__import__"] = _guarded_import
-    return table
-
-
 # -- the runtime ----------------------------------------------------------------------------
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
@@ -239,6 +209,14 @@ def _as_text(value: Any) -> str:
         return str(value)
 
 
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut to its head and tail around a marker when longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    half = max(1, limit // 2)
+    return f"{text[:half]}\n... [{len(text) - 2 * half} characters dropped] ...\n{text[-half:]}"
+
+
 class GuestRuntime:
     """One REPL: its namespace, its helpers and ``run_cell``.
 
@@ -247,16 +225,26 @@ class GuestRuntime:
     """
 
     def __init__(self, call: Call, *, tools: dict[str, Any] | None = None,
-                 capture_limit: int = 2_000_000) -> None:
+                 capture_limit: int = 2_000_000,
+                 max_answer_chars: int | None = MAX_ANSWER_CHARS) -> None:
         self._call = call
         self.capture_limit = capture_limit
+        #: The longest answer ``FINAL``/``FINAL_VAR`` accept; ``None``: no limit.
+        self.max_answer_chars = max_answer_chars
         self.namespace: dict[str, Any] = {"__name__": "__main__",
-                                          "__builtins__": guarded_builtins()}
+                                          "__builtins__": guards.guarded_builtins()}
         self._final: tuple[str, str] | None = None
         self._helpers = self._make_helpers()
+        self._pristine = {name: guards.snapshot(value) for name, value in self._helpers.items()
+                          if isinstance(value, types.FunctionType)}
         self._tools = dict(tools or {})
         self._context: Any = None
         self._restore()
+
+    def disconnect(self) -> None:
+        """Cut this REPL from the host: every later request (from a thread model code left
+        running, say) fails with ``Cancelled``."""
+        self._call = _disconnected
 
     # helpers ------------------------------------------------------------------------------
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -291,7 +279,7 @@ class GuestRuntime:
 
         def FINAL(answer: Any) -> None:
             """Submit ``answer`` as the final answer."""
-            self._final = (_as_text(answer), "FINAL")
+            self._submit(_as_text(answer), "FINAL")
 
         missing = object()
 
@@ -314,7 +302,7 @@ class GuestRuntime:
                 )
             else:
                 chosen = name_or_value
-            self._final = (_as_text(chosen), "FINAL_VAR")
+            self._submit(_as_text(chosen), "FINAL_VAR")
 
         def SHOW_VARS() -> str:
             """List the variables defined in the REPL, with their types and sizes."""
@@ -343,8 +331,18 @@ class GuestRuntime:
             "budget": budget,
             "LMQueryError": LMQueryError,
             "LimitReached": LimitReached,
+            "AnswerTooLong": AnswerTooLong,
             "QueryFailed": QueryFailed,
         }
+
+    def _submit(self, text: str, source: str) -> None:
+        limit = self.max_answer_chars
+        if limit is not None and len(text) > limit:
+            raise AnswerTooLong(
+                f"{source}: the answer has {len(text):,} characters, more than the "
+                f"{limit:,} allowed (max_answer_chars); it was not submitted. Submit a "
+                "shorter answer: what the question asks for, a summary, or a count")
+        self._final = (text, source)
 
     def load_tools(self, sources: dict[str, str]) -> None:
         """Define tools from code: each source runs in its own namespace (which has the
@@ -352,7 +350,7 @@ class GuestRuntime:
         then exposed, and restored when model code rebinds them."""
         for name, source in sources.items():
             space: dict[str, Any] = {"__name__": f"rlm_tool_{name}",
-                                     "__builtins__": guarded_builtins(), **self._helpers}
+                                     "__builtins__": guards.guarded_builtins(), **self._helpers}
             try:
                 exec(compile(source, f"<tool {name}>", "exec"), space)
             except BaseException as exc:  # user code: report what broke, keep the REPL
@@ -364,22 +362,32 @@ class GuestRuntime:
         self._restore()
 
     def set_variable(self, name: str, value: Any) -> None:
+        if name == SETTINGS_NAME:
+            self.configure(dict(value))
+            return
         if name == "context":
             self._context = value
         self.namespace[name] = value
 
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Apply the host's settings (``{"max_answer_chars": N | None}``)."""
+        if "max_answer_chars" in settings:
+            limit = settings["max_answer_chars"]
+            self.max_answer_chars = None if limit is None else int(limit)
+
     def _restore(self) -> list[str]:
         """Put back every scaffold name that model code rebound; return those names."""
-        restored = []
+        restored = [name for name, snapshot in self._pristine.items()
+                    if guards.reset(self._helpers[name], snapshot)]
         wanted = {**self._helpers, **self._tools, "context": self._context}
         for name, value in wanted.items():
             if name == "context" and "context" not in self.namespace and value is None:
                 continue
             if self.namespace.get(name, None) is not value:
-                if name in self.namespace:
+                if name in self.namespace and name not in restored:
                     restored.append(name)
                 self.namespace[name] = value
-        self.namespace["__builtins__"] = guarded_builtins()
+        self.namespace["__builtins__"] = guards.guarded_builtins()
         return restored
 
     # running code -------------------------------------------------------------------------
@@ -395,7 +403,7 @@ class GuestRuntime:
         try:
             self._exec(code)
         except BaseException as exc:  # model code may raise anything, even SystemExit
-            error = self._format_error(exc)
+            error = _bounded(self._format_error(exc), self.capture_limit)
         finally:
             if os.getpid() != pid:
                 # A process forked by model code finished the block: it must never go on
@@ -437,11 +445,3 @@ class GuestRuntime:
         head = "Traceback (innermost last):\n" + "\n".join(lines) + "\n" if lines else ""
         return head + "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
 
-    def evaluate_final_text(self, expression: str) -> str:
-        """Resolve a ``FINAL(...)`` written outside code: a Python expression when it
-        evaluates in the REPL, else the raw text."""
-        try:
-            value = eval(compile(expression, "<final>", "eval"), self.namespace)
-        except Exception:
-            return expression.strip()
-        return _as_text(value)

@@ -4,6 +4,11 @@ It serves two kinds of callers: the loop's own turns (``complete`` / ``acomplete
 requests REPL code makes (``handle``: ``llm_query``, ``rlm_query``, their batched forms,
 ``budget``).  It knows nothing of sockets: transports (``rlm.bridge``) decode a message,
 call ``handle`` and send the reply back, so every environment shares this code.
+
+Text handed back to REPL code is bounded: an ``llm_query`` reply or an ``rlm_query``
+answer longer than ``max_answer_chars`` is cut to its head with a marker saying how much
+was dropped (``cap_answer``), per slot in the batched forms.  ``lm_call`` trace events keep
+a bounded preview of long prompts and responses (``rlm.trace.preview``).
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from rlm.backends.base import LMBackend
 from rlm.core.limits import Budget
 from rlm.core.routing import ModelRouter
-from rlm.errors import BridgeProtocolError, Cancelled, LimitExceeded, RLMError
+from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
+from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
 from rlm.types import Completion, CompletionRequest, NodeRef
 
-__all__ = ["LMHandler", "SpawnChild"]
+__all__ = ["LMHandler", "SpawnChild", "cap_answer"]
 
 SpawnChild = Callable[[str, Any, NodeRef], str]
 """Runs a child RLM for ``rlm_query(prompt, context)`` from ``parent``; returns its answer."""
@@ -33,10 +39,27 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
+def _reraise(exc: BaseException, backend: LMBackend) -> NoReturn:
+    """Raise ``exc`` again; an ``Exception`` outside the rlm tree (a backend's bug, a
+    malformed completion) as a ``BackendError`` chained to it."""
+    if isinstance(exc, RLMError) or not isinstance(exc, Exception):
+        raise exc
+    raise BackendError(f"{backend.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def cap_answer(text: str, limit: int | None) -> str:
+    """``text``, or its first ``limit`` characters and a marker when it is longer."""
+    if limit is None or len(text) <= limit:
+        return text
+    return (f"{text[:limit]}\n... [answer truncated: {len(text) - limit:,} of {len(text):,} "
+            f"characters dropped (max_answer_chars={limit:,})]")
+
+
 class LMHandler:
     """Runs LM calls for one call tree; thread-safe and shared by every node of the tree.
 
-    ``max_concurrency`` bounds the worker threads of one batched request.
+    ``max_concurrency`` bounds the worker threads of one batched request;
+    ``max_answer_chars`` bounds each text a REPL request gets back (``None``: unbounded).
     """
 
     def __init__(
@@ -49,6 +72,7 @@ class LMHandler:
         max_concurrency: int = 16,
         sub_call_max_output_tokens: int | None = None,
         sub_calls: bool = True,
+        max_answer_chars: int | None = None,
     ) -> None:
         self.router = router
         self.budget = budget
@@ -57,6 +81,7 @@ class LMHandler:
         self.max_concurrency = max(1, max_concurrency)
         self.sub_call_max_output_tokens = sub_call_max_output_tokens
         self.sub_calls = sub_calls
+        self.max_answer_chars = max_answer_chars
         self._in_flight: set[cf.Future[str]] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -94,9 +119,11 @@ class LMHandler:
         # A turn's prompt is the node's history: its parts are already in the trace (the
         # replies here, the outputs in code_exec), so it is not repeated on every call.
         if purpose != "turn":
-            data["prompt"] = request.messages[-1]["content"] if request.messages else ""
+            data.update(preview_fields(
+                prompt=request.messages[-1]["content"] if request.messages else ""))
         if completion is not None:
-            data.update(response=completion.text, input_tokens=completion.input_tokens,
+            data.update(preview_fields(response=completion.text))
+            data.update(input_tokens=completion.input_tokens,
                         output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
                         cached_input_tokens=completion.cached_input_tokens)
         if error is not None:
@@ -114,7 +141,7 @@ class LMHandler:
         except BaseException as exc:
             self.budget.release(reservation)
             self._record(node, purpose, backend, request, None, exc, started)
-            raise
+            _reraise(exc, backend)
         self.budget.commit(reservation, completion, backend.model_name)
         self._record(node, purpose, backend, request, completion, None, started)
         return completion
@@ -129,7 +156,7 @@ class LMHandler:
         except BaseException as exc:
             self.budget.release(reservation)
             self._record(node, purpose, backend, request, None, exc, started)
-            raise
+            _reraise(exc, backend)
         self.budget.commit(reservation, completion, backend.model_name)
         self._record(node, purpose, backend, request, completion, None, started)
         return completion
@@ -167,7 +194,7 @@ class LMHandler:
             if op == "budget":
                 return {"remaining": self.budget.remaining(node.depth)}
             raise BridgeProtocolError(f"unknown request op {op!r}")
-        except (RLMError, ValueError, TypeError) as exc:
+        except Exception as exc:  # a request, even a malformed one, gets an error reply
             return {"error": _error(self._limit_reason(exc))}
 
     def _limit_reason(self, exc: BaseException) -> BaseException:
@@ -183,18 +210,20 @@ class LMHandler:
             depth=node.depth + 1,
             max_output_tokens=self.sub_call_max_output_tokens,
         )
-        return self.complete(request, node, purpose="llm_query", backend=backend).text
+        text = self.complete(request, node, purpose="llm_query", backend=backend).text
+        return cap_answer(text, self.max_answer_chars)
 
     def _rlm_query(self, prompt: str, context: Any, node: NodeRef) -> str:
         if self.spawn_child is not None and node.depth + 1 < self.budget.limits.max_depth:
             self.budget.check()
-            return self.spawn_child(prompt, context, node)
+            return cap_answer(self.spawn_child(prompt, context, node), self.max_answer_chars)
         # At max depth a child RLM is not allowed: answer with one plain LM call.
         text = prompt if context is None else f"{prompt}\n\n--- context ---\n{context}"
         request = CompletionRequest(messages=[{"role": "user", "content": text}],
                                     depth=node.depth + 1,
                                     max_output_tokens=self.sub_call_max_output_tokens)
-        return self.complete(request, node, purpose="rlm_query_fallback").text
+        text = self.complete(request, node, purpose="rlm_query_fallback").text
+        return cap_answer(text, self.max_answer_chars)
 
     def _batch(self, op: str, node: NodeRef, jobs: list[Callable[[], str]]
                ) -> list[dict[str, Any]]:

@@ -3,15 +3,16 @@
 Started by a process-based environment (``python runner.py``).  The control channel is
 private copies of fd 0 and 1; the real fd 0 then reads /dev/null and fd 1 writes to
 stderr, so nothing model code prints (even from C code or child processes) can corrupt the
-protocol.  LM requests go to the host's ``LMServer`` on a new connection each, carrying
-the token from the ``init`` message; when ``init`` names no ``lm_address`` they travel on
-the control channel itself (``lm_request {id, request}`` out, ``lm_reply {id, reply}`` in),
-for guests without a network.  Standard library only; shipped as a file.
+protocol.  LM requests go to the host's ``LMServer`` on a new connection each, which opens
+with the preamble of the token from the ``init`` message (``protocol.preamble``); when
+``init`` names no ``lm_address`` they travel on the control channel itself (``lm_request
+{id, request}`` out, ``lm_reply {id, reply}`` in), for guests without a network.
+Standard library only; shipped as a file.
 
 Control messages (host -> runner): ``init {lm_address, token}``, ``tools {sources}``,
-``set_var {name, file, format}``, ``exec {code}``, ``final_text {expression}``,
-``shutdown``.  Replies: ``ready``, ``ok``, ``result {stdout, stderr, error, final,
-elapsed_s, notes}``, ``value {text}``, ``error {message}``.
+``set_var {name, file, format}``, ``exec {code}``, ``shutdown``.  Replies: ``ready``,
+``ok``, ``result {stdout, stderr, error, final, elapsed_s, notes}``, ``error {message}``.
+(A ``FINAL(...)`` line the model writes outside code is sent as an ``exec`` of that line.)
 """
 
 from __future__ import annotations
@@ -37,23 +38,26 @@ def read_bytes(path: str) -> bytes:
 
 
 def load_value(path: str, fmt: str, read: Callable[[str], bytes] = read_bytes) -> Any:
-    """Read a value the host wrote with ``rlm.environments.process.write_value``; ``read``
+    """Read a value the host wrote with ``rlm.environments.files.write_value``; ``read``
     returns a file's bytes (a WebAssembly guest reads host files through its runtime)."""
     data = read(path)
     if fmt == "bytes":
         return data
-    text = data.decode("utf-8")
+    text = data.decode("utf-8", "surrogatepass")  # as written: lone surrogates kept
     return text if fmt == "text" else json.loads(text)
 
 
 def lm_caller(address: Any, token: str) -> guest.Call:
-    """The ``call`` of a ``GuestRuntime`` that reaches the host's ``LMServer``."""
+    """The ``call`` of a ``GuestRuntime`` that reaches the host's ``LMServer``: each call
+    opens a connection with the preamble of ``token`` (``protocol.preamble``), sends its
+    request frame and waits, without a time limit (an LM call may take minutes), for the
+    reply.  A failure of any kind comes back as a ``BridgeProtocolError`` reply."""
     target = address if isinstance(address, str) else (address[0], int(address[1]))
 
     def call(message: dict[str, Any]) -> dict[str, Any]:
         try:
-            return protocol.request(target, {**message, "token": token})
-        except (OSError, EOFError, protocol.ProtocolError) as exc:
+            return protocol.request(target, message, token=token)
+        except Exception as exc:  # model code gets an error reply, never a crash
             return {"error": {"type": "BridgeProtocolError",
                               "message": f"the host's LM handler cannot be reached: {exc}"}}
 
@@ -81,13 +85,15 @@ def control_caller(stream: protocol.Stream) -> guest.Call:
         arrived.release()
         try:
             frame = protocol.recv(stream)
-        except (OSError, EOFError, protocol.ProtocolError, ValueError) as exc:
-            frame = {"type": "error", "message": str(exc)}
+        except Exception as exc:  # the waiting threads must hear of any failure
+            frame = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
             arrived.acquire()
             state["reading"] = False
         if frame.get("type") == "lm_reply" and isinstance(frame.get("id"), int):
-            replies[frame["id"]] = frame.get("reply") or {}
+            reply = frame.get("reply")
+            replies[frame["id"]] = (reply if isinstance(reply, dict) else
+                                    failure(f"a reply that is not an object: {reply!r:.100}"))
         else:
             state["broken"] = f"{frame.get('type')} {frame.get('message', '')}".strip()
         arrived.notify_all()
@@ -140,9 +146,6 @@ def serve(stream: protocol.Stream, read: Callable[[str], bytes] = read_bytes) ->
                 reply = {"type": "ok"}
             elif kind == "exec":
                 reply = {"type": "result", **runtime.run_cell(message["code"])}
-            elif kind == "final_text":
-                text = runtime.evaluate_final_text(message["expression"])
-                reply = {"type": "value", "text": text}
             elif kind == "shutdown":
                 protocol.send(stream, {"type": "ok"})
                 return

@@ -17,7 +17,7 @@ import click
 import rlm.cli
 from rlm.api import RLM
 from rlm.config import user_dir
-from rlm.errors import Cancelled, ConfigError, LimitExceeded
+from rlm.errors import Cancelled, ConfigError, LimitExceeded, RLMError
 from rlm.types import RLMResult
 
 __all__ = ["execute", "run"]
@@ -179,8 +179,12 @@ def execute(question: str, data: Any, options: dict[str, Any], *, as_json: bool 
                 parts.append(f"sub={model.router.sub.name}:{model.router.sub.model_name}")
             click.echo("rlm: " + " ".join(parts), err=True)
         with _cancel_on_sigint(model):
-            result = (model.completion(question) if data is None
-                      else model.completion(question, context=data))
+            try:
+                result = (model.completion(question) if data is None
+                          else model.completion(question, context=data))
+            except SystemExit as exc:  # never leave with the status some code chose, silently
+                raise RLMError(f"the run was ended by SystemExit({exc.code!r}) instead of "
+                               "finishing; this is a bug of rlm or of a plugin") from exc
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
     else:

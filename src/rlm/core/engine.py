@@ -2,6 +2,14 @@
 
 ``Engine`` receives backend instances (through a ``ModelRouter``) and an environment
 factory; it never names a concrete backend, environment or transport.
+
+Every failure reaches the caller as an ``RLMError`` with the result so far in
+``exc.partial``: environment operations (start, set_variable, execute, close) go through
+``_env_call``, which turns anything but an ``RLMError`` (a ``ProcessLookupError`` of a dead
+REPL, a ``SystemExit``, a ``TypeError`` of a malformed reply...) into an ``EnvError``
+chained to it, and a block result of the wrong shape is an ``EnvError`` too.  Only
+``KeyboardInterrupt`` and asyncio cancellation pass through as they are (after the run is
+wound down); ``Engine.cancel()`` ends a run with ``stop_reason="cancelled"``.
 """
 
 from __future__ import annotations
@@ -14,19 +22,21 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rlm.bridge.guest import SETTINGS_NAME
 from rlm.bridge.handler import LMHandler
 from rlm.core import prompts
 from rlm.core.context import describe_context, load_context
 from rlm.core.limits import Budget, Limits
-from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, ResolveFinal, RunCode, Step
+from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
 from rlm.core.routing import ModelRouter
 from rlm.core.tools import Tool
 from rlm.environments.base import Environment, HostCall
-from rlm.errors import Cancelled, LimitExceeded, RLMError
+from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
+from rlm.trace.preview import preview_fields
 from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
 from rlm.trace.tracer import Tracer
 from rlm.trace.tree import build_tree
-from rlm.types import Message, NodeRef, RLMResult
+from rlm.types import Answer, ExecResult, Message, NodeRef, RLMResult
 
 __all__ = ["Engine", "EngineConfig", "Session"]
 
@@ -76,6 +86,37 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+#: Exceptions that are not failures of the run: they pass through ``_env_call`` unchanged.
+_PASS_THROUGH = (RLMError, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit)
+
+
+def _env_call(env: Environment, what: str, operation: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> Any:
+    """Run one operation of ``env``; a non-rlm exception comes out as an ``EnvError``."""
+    try:
+        return operation(*args, **kwargs)
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # a dead REPL, a bad frame, even SystemExit
+        name = getattr(env, "name", type(env).__name__)
+        raise EnvError(f"the {name} environment failed in {what}: "
+                       f"{type(exc).__name__}: {exc}") from exc
+
+
+def _checked(env: Environment, result: Any) -> ExecResult:
+    """``result`` when it is a well-formed ``ExecResult``, else an ``EnvError``."""
+    final = getattr(result, "final", None)
+    if (isinstance(result, ExecResult) and isinstance(result.stdout, str)
+            and isinstance(result.stderr, str) and isinstance(result.error, str | None)
+            and (final is None or (isinstance(final, Answer) and isinstance(final.text, str)))
+            and all(isinstance(note, str) for note in result.notes)
+            and isinstance(result.elapsed_s, int | float)):
+        return result
+    name = getattr(env, "name", type(env).__name__)
+    raise EnvError(f"the {name} environment returned a malformed block result: "
+                   f"{result!r:.200}")
+
+
 class _Tree:
     """The objects shared by every node of one call tree."""
 
@@ -89,6 +130,7 @@ class _Tree:
             max_concurrency=engine.config.max_concurrency,
             sub_call_max_output_tokens=engine.config.sub_call_max_output_tokens,
             sub_calls=engine.config.sub_calls,
+            max_answer_chars=engine.config.loop.max_answer_chars,
         )
 
     # -- one node ---------------------------------------------------------------------------
@@ -97,16 +139,20 @@ class _Tree:
                   ) -> list[Message]:
         """Start ``env`` for ``node``, load ``context`` and return the first messages."""
         cfg = self.engine.config
-        env.start(call, cfg.tools)
+        _env_call(env, "start", env.start, call, cfg.tools)
+        _env_call(env, "set_variable", env.set_variable, SETTINGS_NAME,
+                  {"max_answer_chars": cfg.loop.max_answer_chars})
         value = load_context(context)
         names: list[str] = []
         if session is not None:
-            env.set_variable(f"context_{session.turn}", value)
-            env.set_variable("history", list(session.history))
+            _env_call(env, "set_variable", env.set_variable, f"context_{session.turn}", value)
+            _env_call(env, "set_variable", env.set_variable, "history",
+                      list(session.history))
             names = [f"context_{i}" for i in range(session.turn + 1)]
-        env.set_variable("context", value)
+        _env_call(env, "set_variable", env.set_variable, "context", value)
         self.tracer.emit(
-            "run_start", node, question=question, context_type=type(value).__name__,
+            "run_start", node, **preview_fields(question=question),
+            context_type=type(value).__name__,
             context_length=len(value) if hasattr(value, "__len__") else None,
             backend=self.engine.router.for_depth(node.depth).describe(),
             limits=vars(self.engine.limits), environment=type(env).__name__,
@@ -124,7 +170,7 @@ class _Tree:
                    started: float) -> None:
         data: dict[str, Any] = {"elapsed_s": time.monotonic() - started}
         if outcome is not None:
-            self.tracer.emit("final", node, response=outcome.response,
+            self.tracer.emit("final", node, **preview_fields(response=outcome.response),
                              stop_reason=outcome.stop_reason, answer_source=outcome.answer_source)
             data["iterations"] = outcome.iterations
         if error is not None:
@@ -157,9 +203,8 @@ class _Tree:
     def _perform(self, step: Step, node: NodeRef, env: Environment) -> Any:
         if isinstance(step, CallLM):
             return self.handler.complete(step.request, node, purpose=step.purpose)
-        if isinstance(step, RunCode):
-            return env.execute(step.code, timeout_s=self.budget.time_left_s())
-        return env.resolve_final_text(step.expression)
+        return _checked(env, _env_call(env, "execute", env.execute, step.code,
+                                       timeout_s=self.budget.time_left_s()))
 
     async def run_async(self, node: NodeRef, messages: list[Message],
                         env: Environment) -> Outcome:
@@ -177,7 +222,7 @@ class _Tree:
                 if isinstance(step, CallLM):
                     value = await self.handler.acomplete(step.request, node,
                                                          purpose=step.purpose)
-                elif isinstance(step, RunCode | ResolveFinal):
+                elif isinstance(step, RunCode):
                     value = await asyncio.to_thread(self._perform, step, node, env)
             except (LimitExceeded, Cancelled) as exc:
                 thrown = exc
@@ -198,9 +243,11 @@ class _Tree:
             self.close_node(node, None, exc, started)
             raise
         finally:
-            env.close()
-            if outcome is not None:
-                self.close_node(node, outcome, None, started)
+            try:
+                _env_call(env, "close", env.close)
+            finally:
+                if outcome is not None:
+                    self.close_node(node, outcome, None, started)
 
     # -- the result -------------------------------------------------------------------------
     def result(self, root: NodeRef, outcome: Outcome, started: float,
@@ -252,27 +299,45 @@ class Engine:
                 owned: bool, outcome: Outcome | None, error: BaseException | None,
                 started: float, trace_path: str | None, question: str | None
                 ) -> RLMResult | None:
-        """Wind the run down whatever happened; return its result (None when it raised)."""
+        """Wind the run down whatever happened; return its result (None when it raised).
+
+        A failure while winding down (closing the environment, updating the session's
+        ``history``) after a run that ended well raises an ``EnvError`` whose ``partial``
+        is the whole result; after a run that raised, the first error is kept.
+        """
         with self._active_lock:
             self._active.discard(tree.budget)
         tree.budget.close()
         # Whatever is still running belongs to a finished run: stop it and let it wind down.
         tree.budget.cancel_event.set()
         tree.handler.drain(timeout_s=5.0)
+        late: RLMError | None = None
         if session is not None:
             session._target = None
         elif owned:
-            env.close()
-        tree.close_node(root, outcome, error, started)
+            try:
+                _env_call(env, "close", env.close)
+            except RLMError as exc:
+                late = exc
+        tree.close_node(root, outcome, error or late, started)
         if outcome is None:
             if isinstance(error, RLMError):
                 self._attach_partial(error, tree, root, started, trace_path)
             return None
         if session is not None:
             session.history.append({"question": question or "", "answer": outcome.response})
-            env.set_variable("history", list(session.history))
             session.turn += 1
-        return tree.result(root, outcome, started, trace_path)
+            try:
+                _env_call(env, "set_variable", env.set_variable, "history",
+                          list(session.history))
+            except RLMError as exc:
+                late = late or exc
+        result = tree.result(root, outcome, started, trace_path)
+        if late is not None:
+            late.run_id = late.run_id or root.run_id
+            late.partial = result
+            raise late
+        return result
 
     def run(self, question: str | None, context: Any, *, sink: TraceSink,
             session: Session | None = None, trace_path: str | None = None,

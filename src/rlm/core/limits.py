@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm.errors import (
+    BadResponseError,
     BudgetExceeded,
     Cancelled,
     ConfigError,
@@ -19,9 +22,49 @@ from rlm.errors import (
     TimeLimitExceeded,
     TokenLimitExceeded,
 )
-from rlm.types import Completion, ModelUsage
+from rlm.types import (
+    MAX_COST_PER_CALL_USD,
+    MAX_TOKENS_PER_CALL,
+    Completion,
+    ModelUsage,
+    check_usage,
+)
 
-__all__ = ["Budget", "Limits", "Reservation"]
+__all__ = ["MAX_TIMEOUT_S", "Budget", "Limits", "Reservation"]
+
+
+#: The longest ``max_timeout`` accepted (seconds): longer ones overflow OS timers.
+MAX_TIMEOUT_S = 1e9
+_COUNTS = ("max_depth", "max_iterations", "max_tokens", "max_errors")
+
+
+def _check_limit(name: str, value: Any, *, whole: bool, required: bool = False
+                 ) -> int | float | None:
+    """``value`` as a valid limit (``None`` for no limit), or raise ``ConfigError``."""
+    kind = ("a whole number" if whole else "a number") + ("" if required else " or None")
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):  # an int too big for a float
+        if value > 0 and whole:
+            return int(value)
+        raise ConfigError(f"{name} is out of range; pass None for no limit") from None
+    if math.isnan(number):
+        raise ConfigError(f"{name} must be {kind}, got NaN")
+    if number < (1 if required else 0):
+        raise ConfigError(f"{name} must be at least {1 if required else 0}, got {value!r}")
+    if whole and isinstance(value, numbers.Integral):
+        return int(value)
+    if math.isinf(number):
+        if required:
+            raise ConfigError(f"{name} must be {kind}: it cannot be unlimited, got inf")
+        return None  # inf means no limit, like None
+    if whole and not number.is_integer():
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return int(number) if whole else number
 
 
 @dataclass(frozen=True)
@@ -38,7 +81,12 @@ class Limits:
     - ``max_tokens``: input + output tokens of every LM call of the tree.
     - ``max_errors``: code blocks that raised, summed over the tree.
 
-    ``None`` means unlimited (``max_depth`` and ``max_iterations`` are always set).
+    ``None`` means unlimited (``max_depth`` and ``max_iterations`` are always set), and so
+    does ``float("inf")``: it is stored as ``None``.  Every value is checked here, so a bad
+    one fails at construction with a ``ConfigError`` naming the argument: limits must be
+    numbers (not ``bool`` or ``str``), never NaN or negative; the four counts must be whole
+    numbers (``3.0`` is taken as ``3``); ``max_timeout`` is at most ``MAX_TIMEOUT_S``
+    (about 31 years; a longer wait is no limit, so pass ``None``).
     """
 
     max_depth: int = 1
@@ -49,14 +97,15 @@ class Limits:
     max_errors: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_depth < 1:
-            raise ConfigError(f"max_depth must be at least 1, got {self.max_depth}")
-        if self.max_iterations < 1:
-            raise ConfigError(f"max_iterations must be at least 1, got {self.max_iterations}")
-        for name in ("max_budget", "max_timeout", "max_tokens", "max_errors"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be >= 0 or None, got {value}")
+        for name in _COUNTS:
+            object.__setattr__(self, name, _check_limit(
+                name, getattr(self, name), whole=True,
+                required=name in ("max_depth", "max_iterations")))
+        for name in ("max_budget", "max_timeout"):
+            object.__setattr__(self, name, _check_limit(name, getattr(self, name), whole=False))
+        if self.max_timeout is not None and self.max_timeout > MAX_TIMEOUT_S:
+            raise ConfigError(f"max_timeout must be at most {MAX_TIMEOUT_S:g} seconds, got "
+                              f"{self.max_timeout:g}; pass None for no time limit")
 
 
 @dataclass
@@ -94,8 +143,10 @@ class Budget:
         self._reserved_tokens = 0
         self.tripped: LimitExceeded | Cancelled | None = None
         self.cancel_event = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
+        self._in_flight = 0
         self._watchdog: threading.Timer | None = None
-        if limits.max_timeout is not None:
+        if limits.max_timeout is not None and limits.max_timeout <= threading.TIMEOUT_MAX:
             # Trips the tree at the deadline even while every node is blocked in a call.
             self._watchdog = threading.Timer(limits.max_timeout, self._on_deadline)
             self._watchdog.daemon = True
@@ -125,11 +176,34 @@ class Budget:
             raise TimeLimitExceeded(f"max_timeout of {self.limits.max_timeout}s reached")
 
     def trip(self, reason: LimitExceeded | Cancelled) -> None:
-        """Stop the whole tree for ``reason`` (the first reason wins)."""
+        """Stop the whole tree for ``reason`` (the first reason wins); the first trip calls
+        the ``on_stop`` callbacks (each environment's ``interrupt``)."""
         with self._lock:
-            if self.tripped is None:
+            first = self.tripped is None
+            if first:
                 self.tripped = reason
+            callbacks = list(self._on_stop) if first else []
         self.cancel_event.set()
+        for callback in callbacks:
+            with contextlib.suppress(Exception):  # one broken callback must not stop others
+                callback()
+
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from any thread) when the tree stops: at once if it already
+        has.  Returns a function that removes it."""
+        with self._lock:
+            stopped = self.tripped is not None
+            if not stopped:
+                self._on_stop.append(callback)
+        if stopped:
+            with contextlib.suppress(Exception):
+                callback()
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._on_stop.remove(callback)
+
+        return remove
 
     def cancel(self) -> None:
         self.trip(Cancelled("the run was cancelled"))
@@ -166,9 +240,15 @@ class Budget:
 
     # -- money and tokens -------------------------------------------------------------------
     def reserve(self, cost_usd: float | None, tokens: int) -> Reservation:
-        """Hold room for a call estimated at ``cost_usd`` and ``tokens``, or refuse it."""
+        """Hold room for a call estimated at ``cost_usd`` and ``tokens``, or refuse it.
+
+        The estimates come from the backend: ``None``, NaN or a negative number counts as
+        0, and each is capped at what one call may report (``MAX_COST_PER_CALL_USD``,
+        ``MAX_TOKENS_PER_CALL``), so a bad estimate can never corrupt the ledger.
+        """
         self.check()
-        cost = cost_usd or 0.0
+        cost, tokens = _estimate(cost_usd, MAX_COST_PER_CALL_USD), int(
+            _estimate(tokens, MAX_TOKENS_PER_CALL))
         with self._lock:
             limit_usd, limit_tok = self.limits.max_budget, self.limits.max_tokens
             if limit_usd is not None and self.cost_usd + self._reserved_cost + cost > limit_usd:
@@ -186,15 +266,27 @@ class Budget:
                 exc = None
                 self._reserved_cost += cost
                 self._reserved_tokens += tokens
+                self._in_flight += 1
+            held = self._reserved_cost > 0 or self._reserved_tokens > 0
         if exc is not None:
-            # Refused while nothing is in flight: no later call can fit either.
-            if self._reserved_cost == 0 and self._reserved_tokens == 0:
+            # Refused while no room is held in flight: no later call can fit either.
+            if not held:
                 self.trip(exc)
             raise exc
         return Reservation(cost, tokens)
 
     def commit(self, reservation: Reservation, completion: Completion, key: str) -> None:
-        """Record what a call really cost and release its reservation."""
+        """Record what a call really cost and release its reservation.
+
+        ``Completion`` checks its usage when it is built; this checks it again (a backend
+        could have forged one), so spending only ever grows: a bad report releases the
+        reservation, charges nothing and raises ``BadResponseError``.
+        """
+        try:
+            check_usage(completion)
+        except BadResponseError:
+            self.release(reservation)
+            raise
         with self._lock:
             self._release_locked(reservation)
             self.cost_usd += completion.cost_usd or 0.0
@@ -219,6 +311,9 @@ class Budget:
             reservation.done = True
             self._reserved_cost -= reservation.cost_usd
             self._reserved_tokens -= reservation.tokens
+            self._in_flight -= 1
+            if self._in_flight <= 0:  # no float residue once nothing is in flight
+                self._in_flight, self._reserved_cost, self._reserved_tokens = 0, 0.0, 0
 
     # -- reporting --------------------------------------------------------------------------
     def usage_snapshot(self) -> dict[str, ModelUsage]:
@@ -247,6 +342,19 @@ class Budget:
                 "tokens_used": self.tokens,
                 "elapsed_s": self.elapsed_s(),
             }
+
+
+def _estimate(value: Any, cap: float) -> float:
+    """A backend's estimate as a number in ``[0, cap]`` (``None``, NaN or < 0 count as 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return 0.0
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        number = math.inf if value > 0 else 0.0
+    if math.isnan(number) or number <= 0:
+        return 0.0
+    return min(number, cap)
 
 
 def estimate_tokens(chars: int) -> int:

@@ -1,8 +1,22 @@
 """The iteration loop of one RLM node, written once as a sans-IO generator.
 
-``Loop.steps()`` yields what it needs done (``CallLM``, ``RunCode``, ``ResolveFinal``) and is
-sent the results; a limit reached while doing a step is thrown into it.  The sync and
-async drivers in ``rlm.core.engine`` only perform the steps, so both behave the same.
+``Loop.steps()`` yields what it needs done (``CallLM``, ``RunCode``) and is sent the
+results; a limit reached while doing a step is thrown into it.  The sync and async drivers
+in ``rlm.core.engine`` only perform the steps, so both behave the same.
+
+A ``FINAL(...)`` or ``FINAL_VAR(...)`` line written outside code is run as a code block of
+its own (``RunCode("FINAL(...)")``), so it gets the block time limit, the environment's
+error capture and its isolation like any other code.  When that block submits an answer,
+it is the answer.  Otherwise a ``FINAL_VAR`` line's error is fed back to the model, and a
+``FINAL`` line's inner text, stripped, is the answer: ``FINAL(the answer is 42)`` is prose.
+That fallback is the protocol working, not a failure of the model's code: it does not
+count towards ``max_errors``.  The exception is an answer the REPL refused as too long
+(``AnswerTooLong``): that error is fed back and counted, as it would be in a code block.
+
+Answers are bounded by ``LoopConfig.max_answer_chars``: the REPL refuses a longer one
+(``rlm.bridge.guest``); one that still comes back longer from an environment that does not
+apply the setting is cut with a marker here.  Trace events keep bounded previews of long
+code, output and answers (``rlm.trace.preview``).
 """
 
 from __future__ import annotations
@@ -11,14 +25,17 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from rlm.bridge.guest import MAX_ANSWER_CHARS
+from rlm.bridge.handler import cap_answer
 from rlm.core import prompts
 from rlm.core.limits import Budget
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
 from rlm.errors import Cancelled, LimitExceeded
+from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
 from rlm.types import Answer, Completion, CompletionRequest, ExecResult, Message, NodeRef
 
-__all__ = ["CallLM", "Loop", "LoopConfig", "Outcome", "ResolveFinal", "RunCode", "Step"]
+__all__ = ["CallLM", "Loop", "LoopConfig", "Outcome", "RunCode", "Step"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +53,7 @@ class RunCode:
     code: str
 
 
-@dataclass(frozen=True)
-class ResolveFinal:
-    """Evaluate the inside of a ``FINAL(...)`` line written outside code; send back text."""
-
-    expression: str
-
-
-Step = CallLM | RunCode | ResolveFinal
+Step = CallLM | RunCode
 
 #: Code output kept in a trace event (head and tail), so huge prints do not bloat traces.
 TRACE_OUTPUT_CHARS = 100_000
@@ -59,6 +69,8 @@ class LoopConfig:
     max_output_tokens: int | None = None
     grammar: str | None = None
     prompt_style: str = "default"
+    #: The longest final answer (and child answer, and sub-call reply) in characters.
+    max_answer_chars: int | None = MAX_ANSWER_CHARS
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,12 @@ def _reason(exc: BaseException, budget: Budget) -> str:
     if isinstance(exc, Cancelled) and budget.tripped is not None:
         return budget.tripped.stop_reason
     return getattr(exc, "stop_reason", "cancelled")
+
+
+def _refused(result: ExecResult) -> bool:
+    """Whether the block's error is the REPL refusing an answer over ``max_answer_chars``."""
+    last = (result.error or "").rstrip().rpartition("\n")[2]
+    return "AnswerTooLong:" in last
 
 
 class Loop:
@@ -126,7 +144,7 @@ class Loop:
                 if result.error:
                     self.budget.count_error()
                 if result.final is not None:
-                    answer = result.final
+                    answer = self._bounded(result.final)
                     break
             if answer is None:
                 answer = yield from self._final_outside_code(reply, results)
@@ -148,12 +166,19 @@ class Loop:
         return Outcome(answer.text, stop if answer.source == "extract" else "final",
                        iterations, answer.source)
 
+    def _bounded(self, answer: Answer) -> Answer:
+        text = cap_answer(answer.text, self.config.max_answer_chars)
+        return answer if text is answer.text else Answer(text, answer.source)
+
     def _trace_exec(self, code: str, result: ExecResult) -> None:
         data = result.to_dict()
         limit = max(TRACE_OUTPUT_CHARS, self.config.max_output_chars)
-        data["stdout"] = prompts.truncate(data["stdout"], limit)
-        data["stderr"] = prompts.truncate(data["stderr"], limit)
-        self.tracer.emit("code_exec", self.node, code=code, **data)
+        fields = preview_fields(limit, code=code, stdout=data.pop("stdout"),
+                                stderr=data.pop("stderr"), error=data.pop("error"))
+        if data["final"] is not None:
+            data["final"] = {**preview_fields(limit, text=data["final"]["text"]),
+                             "source": data["final"]["source"]}
+        self.tracer.emit("code_exec", self.node, **fields, **data)
 
     def _final_outside_code(self, reply: str, results: list[tuple[str, ExecResult]]
                             ) -> Generator[Step, Any, Answer | None]:
@@ -161,15 +186,20 @@ class Loop:
         if found is None:
             return None
         kind, inner = found
-        if kind == "FINAL_VAR":
-            result: ExecResult = yield RunCode(f"FINAL_VAR({inner})")
-            self._trace_exec(f"FINAL_VAR({inner})", result)
-            if result.final is None:
-                results.append((f"FINAL_VAR({inner})", result))
-                return None
-            return Answer(result.final.text, "text")
-        text: str = yield ResolveFinal(inner)
-        return Answer(text, "text")
+        code = f"{kind}({inner})"
+        result: ExecResult = yield RunCode(code)
+        self._trace_exec(code, result)
+        if result.final is not None:
+            return self._bounded(Answer(result.final.text, "text"))
+        if kind == "FINAL_VAR" or _refused(result):
+            # Fed back: no such variable, or an answer over max_answer_chars (which the
+            # literal text would silently stand in for).
+            if _refused(result):
+                self.budget.count_error()
+            results.append((code, result))
+            return None
+        # Not code (prose, a name never defined...), or code that failed: the text itself.
+        return self._bounded(Answer(inner.strip(), "text"))
 
     def _extract(self) -> Generator[Step, Any, Answer | None]:
         self.messages.append({"role": "user", "content": prompts.extract_prompt()})
@@ -181,4 +211,4 @@ class Loop:
         found = find_final_line(completion.text)
         if found is not None and found[0] == "FINAL":
             text = found[1].strip().strip("\"'")
-        return Answer(text, "extract")
+        return self._bounded(Answer(text, "extract"))

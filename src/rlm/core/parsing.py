@@ -13,6 +13,8 @@ CODE_LANGUAGES = frozenset({"repl", "python", "python3", "py", ""})
 
 _OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n`]*$")
 _FINAL_LINE = re.compile(r"^\s*(?P<kind>FINAL_VAR|FINAL)\((?P<inner>.*)\)\s*$")
+#: An HTML comment (hidden when the reply is rendered); an unclosed one runs to the end.
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,14 @@ def find_final_line(text: str) -> tuple[str, str] | None:
     """A ``FINAL(...)`` or ``FINAL_VAR(...)`` standing alone on a line outside code.
 
     Returns ``(kind, inner_text)`` or ``None``.  Lines inside any fenced block (code or
-    not) are ignored; only a line that is nothing but the call counts, and the parentheses
+    not) and inside HTML comments (``<!-- ... -->``, hidden when the reply is rendered)
+    are ignored; only a line that is nothing but the call counts, and the parentheses
     must balance, so prose that mentions the protocol ("I will call FINAL(answer) once I
-    know it") never fires.
+    know it") never fires.  The loop runs the line as a code block (see
+    ``rlm.core.loop``); the inner text is the answer when that fails.
     """
-    prose = strip_code(text, _fences(text))
+    prose = _HTML_COMMENT.sub(lambda m: "\n" * m.group().count("\n"),
+                              strip_code(text, _fences(text)))
     found = None
     for line in prose.split("\n"):
         match = _FINAL_LINE.match(line)

@@ -60,9 +60,11 @@ class Environment(ABC):
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
         """Run one code block and report its output, error and final answer."""
 
-    @abstractmethod
-    def resolve_final_text(self, expression: str) -> str:
-        """Evaluate the inside of a ``FINAL(...)`` line written outside code."""
+    def interrupt(self) -> None:  # noqa: B027 - an optional hook: a no-op by default
+        """Stop the block under way as soon as possible; called from another thread when
+        the call tree stops (a cancel, a limit).  The block returns an error; an environment
+        that has to kill its REPL for it starts a new one when it is next used.  The
+        default does nothing (the block runs to its end)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 ``DockerEnvironment`` is a ``ProcessEnvironment`` whose process is a ``docker run -i``
 client: the control channel is the container's stdin/stdout, LM requests go to the
-environment's ``LMServer`` on a Unix socket inside the scratch directory, which is the only
-host path the container sees (mounted at ``/work``).
+environment's ``LMServer`` on a Unix socket in its control directory.  The container sees
+two host paths: the scratch directory (at ``/work``) and the control directory (runner,
+values, socket; read-only at ``/rlm``).
 
 The default image is built locally, never pulled: ``build_image`` streams the host's own
 Python interpreter (its standard library, without site-packages) and the shared libraries
@@ -43,7 +44,7 @@ __all__ = ["DockerEnvironment", "build_image", "default_image", "engine_error"]
 
 #: Every container gets ``LABEL=docker`` and ``rlm.instance=<its environment's id>``.
 LABEL = "rlm.environment"
-_BUILD = "2"  # bump when the image's layout changes
+_BUILD = "3"  # bump when the image's layout changes
 _SKIP = {"site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
          "ensurepip", "__phello__"}
 _NOBODY = 65534
@@ -133,7 +134,7 @@ def build_image(tag: str | None = None) -> str:
     """Build the default image from this host's Python (a few seconds, no download)."""
     tag = tag or default_image()
     files = _image_files()
-    wanted = [*files, "/tmp/_", "/work/_", "/etc/_"]
+    wanted = [*files, "/tmp/_", "/work/_", "/rlm/_", "/etc/_"]
     dirs = {str(parent) for name in wanted for parent in Path(name).parents} - {"/"}
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     command = [shutil.which("docker") or "docker", "import", "--change",
@@ -183,7 +184,8 @@ class DockerEnvironment(ProcessEnvironment):
 
     Isolates: the network (``--network none``: no interface but loopback, so neither the
     host's ports nor any other address can be reached), the host's files (only the scratch
-    directory is mounted, at ``/work``; the image holds just a Python), the host's
+    directory is mounted, at ``/work``, and the control directory, read-only at ``/rlm``;
+    the image holds just a Python), the host's
     environment variables and processes, and the host's privileges (runs as ``nobody``
     (the host user when not root), no capabilities, ``no-new-privileges``, read-only root
     file system, a small ``/tmp`` tmpfs).  Limits: ``memory_mb`` (each process's address
@@ -199,6 +201,7 @@ class DockerEnvironment(ProcessEnvironment):
                  "non-root without capabilities, memory/pids cgroup limits, wall-clock kill")
     use_unix_socket = True
     guest_root: str = "/work"
+    guest_control: str = "/rlm"
 
     def __init__(self, *, image: str | None = None, python: str = "python3",
                  cpus: float | None = None, tmpfs_mb: int = 64,
@@ -231,13 +234,12 @@ class DockerEnvironment(ProcessEnvironment):
         return {key: value for key, value in os.environ.items()
                 if key in _CLIENT_ENV or key.startswith("DOCKER_")}
 
+    def guest_ids(self) -> tuple[int, int] | None:
+        return (_NOBODY, _NOBODY)
+
     def launch_command(self, runner: Path) -> list[str]:
-        assert self.scratch is not None and self.image is not None
-        user = f"{os.getuid()}:{os.getgid()}"
-        if os.geteuid() == 0:  # the container's nobody owns the scratch dir, not .rlm
-            user = f"{_NOBODY}:{_NOBODY}"
-            for path in (self.scratch, self.scratch / "tmp"):
-                os.chown(path, _NOBODY, _NOBODY)
+        assert self.scratch is not None and self.control is not None and self.image is not None
+        user = f"{_NOBODY}:{_NOBODY}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
         self._spawns += 1
         self.container = f"rlm-{self.instance_id}-{self._spawns}"
         guest_env = super().process_env()
@@ -251,7 +253,8 @@ class DockerEnvironment(ProcessEnvironment):
                    "--network", "none", "--read-only",
                    "--tmpfs", f"/tmp:rw,nosuid,nodev,size={self.tmpfs_mb}m",
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                   "--user", user, "-v", f"{self.scratch}:{self.guest_root}", "-w", self.guest_root]
+                   "--user", user, "-v", f"{self.scratch}:{self.guest_root}",
+                   "-v", f"{self.control}:{self.guest_control}:ro", "-w", self.guest_root]
         memory = self.limits["memory_bytes"]
         if memory is not None:
             command += ["--memory", str(memory), "--memory-swap", str(memory)]

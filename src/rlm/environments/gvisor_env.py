@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.environments.process import ProcessEnvironment
-from rlm.environments.sandbox import _ETC, _TOP, GUEST_ROOT, _python_layout
+from rlm.environments.sandbox import _ETC, _TOP, GUEST_CONTROL, GUEST_ROOT, _python_layout
 from rlm.errors import EnvStartError
 
 __all__ = ["GVisorEnvironment"]
@@ -38,13 +38,15 @@ class GVisorEnvironment(ProcessEnvironment):
     - the network: none (``--network=none``); LM calls go over the control channel;
     - the file system: a read-only root made of ``/usr``, the Python install and the venv's
       site-packages; the scratch directory, at ``/sandbox``, is the only writable place;
+      what the host hands over (runner, values) is read-only at ``/rlm``;
     - host processes and variables: its own PID namespace, no host environment variable;
     - privileges: uid 65534 with no capability and ``no_new_privs``; the rlimits of
       ``ProcessEnvironment`` (applied inside gVisor); a wall-clock kill per block.
 
     Does NOT isolate: CPU time and memory at the host's level (the Sentry is one host
     process; ``memory_mb`` bounds each guest process's address space), disk space of the
-    scratch directory's file system (only ``max_file_mb`` per file).
+    scratch directory's file system (only ``max_file_mb`` per file).  ``/tmp`` is a
+    ``tmpfs_mb`` tmpfs.
     """
 
     name = "gvisor"
@@ -53,11 +55,13 @@ class GVisorEnvironment(ProcessEnvironment):
                  "wall-clock kill")
     lm_over_control = True
     guest_root = GUEST_ROOT
+    guest_control = GUEST_CONTROL
 
     def __init__(self, *, platform: str = "ptrace", runsc_args: tuple[str, ...] | list[str] = (),
-                 **kwargs: Any) -> None:
+                 tmpfs_mb: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.platform = platform
+        self.tmpfs_mb = tmpfs_mb
         self.runsc_args = list(runsc_args)
         self.container: str | None = None
         self._state: Path | None = None  # runsc's --root: its container state, private
@@ -71,18 +75,19 @@ class GVisorEnvironment(ProcessEnvironment):
         """The environment of ``runsc`` on the host (the guest's is in ``config.json``)."""
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
+    def guest_ids(self) -> tuple[int, int] | None:
+        return (_NOBODY, _NOBODY)
+
     def launch_command(self, runner: Path) -> list[str]:
-        assert self.scratch is not None
+        assert self.scratch is not None and self.control is not None
         if self._state is None:
             self._state = Path(tempfile.mkdtemp(prefix="rlm-runsc-"))
-        if os.geteuid() == 0:
-            for path in (self.scratch, self.scratch / "tmp"):
-                os.chown(path, _NOBODY, _NOBODY)
         self.container = f"rlm-{uuid.uuid4().hex[:12]}"
         bundle = self._state / self.container
         python, binds, links = _python_layout()
         argv = [python, "-E", "-s", "-B", "-u", self.guest_path(runner)]
-        _write_bundle(bundle, argv, super().process_env(), binds, links, self.scratch)
+        _write_bundle(bundle, argv, super().process_env(), binds, links, self.scratch,
+                      self.control, self.tmpfs_mb)
         return [_probe(), "--root", str(self._state), "--network=none",
                 f"--platform={self.platform}", *self.runsc_args,
                 "run", "--bundle", str(bundle), self.container]
@@ -131,7 +136,8 @@ def _probe() -> str:
 
 
 def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: list[str],
-                  links: list[tuple[str, str]], scratch: Path) -> None:
+                  links: list[tuple[str, str]], scratch: Path, control: Path,
+                  tmpfs_mb: int) -> None:
     """An OCI bundle: an empty root (mount points and symlinks only) and ``config.json``."""
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True)
@@ -144,6 +150,9 @@ def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: lis
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+        # gVisor would give /tmp an unbounded tmpfs (the Sentry's memory): bound it.
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={tmpfs_mb}m"]},
     ]
     for top in _TOP:
         if os.path.islink(top):
@@ -159,6 +168,8 @@ def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: lis
         inside(dest).symlink_to(target)
     mounts.append({"destination": GUEST_ROOT, "type": "bind", "source": str(scratch),
                    "options": ["rbind", "rw"]})
+    mounts.append({"destination": GUEST_CONTROL, "type": "bind", "source": str(control),
+                   "options": ["rbind", "ro"]})
     for mount in mounts:  # mount points must exist in the (read-only) root
         point = inside(mount["destination"])
         if os.path.isfile(mount["source"]):

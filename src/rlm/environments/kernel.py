@@ -31,7 +31,8 @@ from jupyter_client.manager import AsyncKernelManager
 from rlm.bridge.tcp import LMServer
 from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
-from rlm.environments.process import _SAFE_ENV, ship_runner, write_value
+from rlm.environments.files import ship_runner, write_file, write_value
+from rlm.environments.process import _SAFE_ENV
 from rlm.errors import EnvError, EnvStartError
 from rlm.types import ExecResult
 
@@ -85,6 +86,10 @@ class _KernelDied(Exception):
     """The kernel process ended."""
 
 
+class _Interrupted(Exception):
+    """``interrupt()`` was called while a block ran."""
+
+
 class _KernelFailed(Exception):
     """The wrapper code itself raised in the kernel (``ename: evalue``)."""
 
@@ -134,6 +139,7 @@ class IPythonEnvironment(Environment):
         self._launches = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._interrupted = threading.Event()
 
     @property
     def kernel_pid(self) -> int | None:
@@ -195,7 +201,7 @@ class IPythonEnvironment(Environment):
         ship = self.scratch / ".rlm"
         init = {"lm_address": self._server.address, "token": self._server.token,
                 "capture_limit": self.capture_limit, "tools": self._tool_sources}
-        (ship / "init.json").write_text(json.dumps(init), encoding="utf-8")
+        write_file(ship / "init.json", json.dumps(init).encode("utf-8"))
         try:
             self._call(f"{_BOOTSTRAP}\n_rlm_runner, _rlm = _rlm_start({str(ship)!r})",
                        self.start_timeout_s)
@@ -225,13 +231,16 @@ class IPythonEnvironment(Environment):
         return self._kc.execute(code, silent=True, store_history=False, allow_stdin=False,
                                 user_expressions={"reply": "_rlm_reply"})
 
-    async def _await(self, msg_id: str, timeout_s: float) -> Any:
+    async def _await(self, msg_id: str, timeout_s: float, *, interruptible: bool = False
+                     ) -> Any:
         assert self._kc is not None and self._km is not None
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
+            if interruptible and self._interrupted.is_set():
+                raise _Interrupted
             try:
                 message = await self._kc.get_shell_msg(timeout=min(left, 0.2))
             except queue.Empty:
@@ -278,11 +287,17 @@ class IPythonEnvironment(Environment):
         limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
         started = time.monotonic()
         with self._lock:
-            msg_id = self._send(f"_rlm_reply = _RLMReply(_rlm.run_cell({code!r}))")
+            self._interrupted.clear()
+            # As ASCII JSON text: Jupyter's own packer cannot carry a lone surrogate.
+            msg_id = self._send("_rlm_reply = _RLMReply(__import__('json').dumps("
+                                f"_rlm.run_cell({code!r})))")
             try:
-                return ExecResult.from_dict(self._run(self._await(msg_id, limit)))
+                reply = self._run(self._await(msg_id, limit, interruptible=True))
+                return ExecResult.from_dict(json.loads(reply))
             except TimeoutError:
-                return self._interrupt(msg_id, limit, started)
+                return self._interrupt(msg_id, f"the block ran past {limit:g}s", started)
+            except _Interrupted:
+                return self._interrupt(msg_id, "the call tree was stopped", started)
             except _KernelDied as exc:
                 self._restart()
                 return ExecResult(error=f"ProcessDied: {exc} (killed or out of memory); "
@@ -290,34 +305,27 @@ class IPythonEnvironment(Environment):
             except _KernelFailed as exc:
                 raise EnvError(f"{self.name}: the kernel failed to run the block: {exc}") from exc
 
-    def _interrupt(self, msg_id: str, limit: float, started: float) -> ExecResult:
+    def _interrupt(self, msg_id: str, why: str, started: float) -> ExecResult:
         assert self._km is not None
+        kind = "Cancelled" if why.startswith("the call tree") else "TimeoutError"
         self._run(self._km.interrupt_kernel())
         try:
-            value = self._run(self._await(msg_id, self.interrupt_grace_s))
+            value = json.loads(self._run(self._await(msg_id, self.interrupt_grace_s)))
         except _KernelFailed:  # interrupted outside the model's code: nothing to report
             value = {}
         except (TimeoutError, _KernelDied):
             self._restart()
-            return ExecResult(error=(
-                f"TimeoutError: the block ran past {limit:g}s and did not stop when "
-                f"interrupted; {_LOST}"), elapsed_s=time.monotonic() - started)
+            return ExecResult(error=f"{kind}: {why} and it did not stop when interrupted; "
+                                    f"{_LOST}", elapsed_s=time.monotonic() - started)
         value.update(elapsed_s=time.monotonic() - started, error=(
-            f"TimeoutError: the block ran past {limit:g}s and was interrupted "
-            "(KeyboardInterrupt); your variables are kept, the block's work may be partial"))
+            f"{kind}: {why} and it was interrupted (KeyboardInterrupt); your variables "
+            "are kept, the block's work may be partial"))
         return ExecResult.from_dict(value)
 
-    def resolve_final_text(self, expression: str) -> str:
-        if self._km is None:
-            raise EnvError("start the environment first")
-        with self._lock:
-            code = f"_rlm_reply = _RLMReply(_rlm.evaluate_final_text({expression!r}))"
-            try:
-                return str(self._call(code, self.block_timeout_s))
-            except (TimeoutError, _KernelDied, _KernelFailed) as exc:
-                self._restart()
-                raise EnvError(f"{self.name}: cannot evaluate FINAL({expression}): "
-                               f"{exc or 'timed out'}") from exc
+    def interrupt(self) -> None:
+        """Stop the block under way: the kernel is interrupted (SIGINT), and restarted if
+        it does not stop within ``interrupt_grace_s``."""
+        self._interrupted.set()
 
     def close(self) -> None:
         with self._lock:

@@ -1,9 +1,21 @@
 """REPLs in a separate process: the runner driven over pipes, LM calls over a socket.
 
-``ProcessEnvironment`` holds everything the process-based environments share (scratch
-directory, shipping the runner, the control channel, per-block wall-clock kill and restart,
-the ``LMServer``); subclasses only say how the process is launched.  ``SubprocessEnvironment``
-launches a plain child process.
+``ProcessEnvironment`` holds everything the process-based environments share (its private
+directories, shipping the runner, the control channel, per-block wall-clock kill and
+restart, the ``LMServer``); subclasses only say how the process is launched (a plain child
+in ``subprocess_env``, bubblewrap in ``sandbox``, gVisor, Docker, Pyodide).  Files go
+through ``rlm.environments.files``.
+
+Each environment owns one private directory (mode 0711) holding two others:
+
+- ``control/``: what the host hands to the REPL (the runner's files, the values of
+  ``set_variable``, the LM socket, a sandbox's seccomp program).  It belongs to the host;
+  the REPL may read it (through a read-only mount where it has a root of its own) and
+  never write it, so every file the host writes or opens is in a place the guest cannot
+  replace with a link or a FIFO.
+- ``work/`` (``scratch``): the REPL's working directory and home, the only place it may
+  write.  The host makes it once, before the REPL first runs, and never touches what is
+  inside again (no chown on restart, no reads) apart from removing it at ``close``.
 """
 
 from __future__ import annotations
@@ -20,57 +32,30 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from importlib import resources
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rlm.bridge import protocol
 from rlm.bridge.tcp import LMServer
-from rlm.core.context import FolderContext
 from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
+from rlm.environments.files import make_dir, ship_runner, write_value
 from rlm.errors import EnvError, EnvStartError
 from rlm.types import ExecResult
 
-__all__ = ["ProcessEnvironment", "SubprocessEnvironment", "ship_runner", "write_value"]
+__all__ = ["ProcessEnvironment"]
 
-RUNNER_FILES = ("guest.py", "protocol.py", "runner.py", "broker.py")
 _SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def ship_runner(directory: Path) -> Path:
-    """Copy the guest runtime (``RUNNER_FILES``) into ``directory``, created; return it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in RUNNER_FILES:
-        source = resources.files("rlm.bridge").joinpath(name)
-        (directory / name).write_bytes(source.read_bytes())
-    return directory
+#: Put in a reply queue to wake the thread waiting on it (see ``interrupt``).
+_WAKE: dict[str, Any] = {"type": "wake"}
 
 
-def write_value(directory: Path, name: str, value: Any, *, owner: str) -> tuple[Path, str]:
-    """Hand a value over by a file in ``directory``, never as a code literal; return the
-    file and its format (as ``runner.load_value`` reads it).  ``owner`` names the
-    environment in the ``EnvError`` raised for a value JSON cannot hold."""
-    base = directory / f"var-{name}"
-    if isinstance(value, str):
-        path = base.with_suffix(".txt")
-        path.write_text(value, encoding="utf-8")
-        return path, "text"
-    if isinstance(value, bytes | bytearray | memoryview):
-        path = base.with_suffix(".bin")
-        path.write_bytes(bytes(value))
-        return path, "bytes"
-    if isinstance(value, FolderContext):
-        value = dict(value.items())
-    path = base.with_suffix(".json")
-    try:
-        path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-    except (TypeError, ValueError) as exc:
-        raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} "
-                       "cannot be sent to a separate process (use str, bytes, list, dict)"
-                       ) from exc
-    return path, "json"
+class _Interrupted(Exception):
+    """The wait for a reply was cut short by ``interrupt``."""
 
 
 class ProcessEnvironment(Environment):
@@ -79,9 +64,13 @@ class ProcessEnvironment(Environment):
     - ``block_timeout_s``: wall-clock limit of one block; past it the process is killed and
       restarted (variables set by the host are loaded again; the model's are lost) and the
       model is told so in the block's error.
+    - ``interrupt()`` (the call tree stopped) sends SIGINT and, past ``interrupt_grace_s``,
+      kills the process.
     - ``memory_mb``, ``cpu_s``, ``max_processes``, ``max_file_mb``: rlimits of the process.
     - The process gets a fresh scratch directory as its working directory and home, and an
-      environment with no variable of the host (no API key can leak in).
+      environment with no variable of the host (no API key can leak in).  What the host
+      hands over lives in a separate ``control`` directory the process cannot write (see
+      the module docstring).
     """
 
     supports_persistence = True
@@ -92,12 +81,16 @@ class ProcessEnvironment(Environment):
     lm_over_control = False
     #: Where the process sees the scratch directory; ``None``: at its host path.
     guest_root: str | None = None
+    #: Where the process sees the control directory, mounted read-only; ``None``: at its
+    #: host path.
+    guest_control: str | None = None
 
     def __init__(self, *, block_timeout_s: float = 300.0, memory_mb: int | None = 4096,
                  cpu_s: int | None = None, max_processes: int | None = 256,
                  max_file_mb: int | None = 1024, capture_limit: int = 2_000_000,
-                 start_timeout_s: float = 60.0) -> None:
+                 start_timeout_s: float = 60.0, interrupt_grace_s: float = 1.0) -> None:
         self.block_timeout_s = block_timeout_s
+        self.interrupt_grace_s = interrupt_grace_s
         self.limits = {
             "memory_bytes": None if memory_mb is None else memory_mb << 20,
             "cpu_s": cpu_s, "processes": max_processes,
@@ -105,6 +98,9 @@ class ProcessEnvironment(Environment):
         }
         self.capture_limit = capture_limit
         self.start_timeout_s = start_timeout_s
+        #: The environment's private directory, its ``control`` and ``work`` (scratch) dirs.
+        self.home: Path | None = None
+        self.control: Path | None = None
         self.scratch: Path | None = None
         self._server: LMServer | None = None
         self._call: HostCall | None = None
@@ -115,6 +111,7 @@ class ProcessEnvironment(Environment):
         self._tool_sources: dict[str, str] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._interrupted = threading.Event()
 
     # -- hooks for subclasses -----------------------------------------------------------------
     @classmethod
@@ -131,23 +128,34 @@ class ProcessEnvironment(Environment):
         return None
 
     def launch_command(self, runner: Path) -> list[str]:
-        """The command that starts ``runner`` (a host path inside the scratch directory)."""
+        """The command that starts ``runner`` (a host path inside the control directory)."""
         return [sys.executable, "-I", "-u", str(runner)]
 
+    def guest_ids(self) -> tuple[int, int] | None:
+        """The (uid, gid) the process runs as when the host runs as root, if it is not
+        root; ``None``: the host's own.  The scratch directory is made theirs."""
+        return None
+
+    def prepare(self) -> None:
+        """Called once after the directories are made, before the first process starts:
+        write what the launch needs into ``control`` (a seccomp program...)."""
+
     def guest_path(self, host_path: Path) -> str:
-        """How the process sees a file of the scratch directory: the same path, or the path
-        under ``guest_root`` where the scratch directory is mounted."""
-        if self.guest_root is None:
-            return str(host_path)
-        assert self.scratch is not None
-        return str(PurePosixPath(self.guest_root) / Path(host_path).relative_to(self.scratch))
+        """How the process sees a file of the scratch or control directory: the same path,
+        or its path under ``guest_root`` / ``guest_control`` where they are mounted."""
+        path = Path(host_path)
+        for host_dir, guest_dir in ((self.scratch, self.guest_root),
+                                    (self.control, self.guest_control)):
+            if guest_dir is not None and host_dir is not None and path.is_relative_to(host_dir):
+                return str(PurePosixPath(guest_dir) / path.relative_to(host_dir))
+        return str(path)
 
     def guest_lm_address(self, server: LMServer) -> Any:
-        """The LM server's address as the process sees it (its socket is in the scratch
+        """The LM server's address as the process sees it (a Unix socket in the control
         directory when the process has a root of its own)."""
-        if self.guest_root is None:
+        if isinstance(server.address, tuple):
             return server.address
-        return self.guest_path(Path(str(server.address)))
+        return self.guest_path(Path(server.address))
 
     def process_killed(self) -> None:
         """Called after the process was killed: remove what it started outside its process
@@ -167,29 +175,44 @@ class ProcessEnvironment(Environment):
             raise EnvError("the environment is closed")
         self.probe()
         self._tool_sources = shipped_tools(tools, self.name)
-        self.scratch = Path(tempfile.mkdtemp(prefix="rlm-env-"))
-        (self.scratch / "tmp").mkdir()
-        ship_runner(self.scratch / ".rlm")
+        self._make_dirs()
+        assert self.control is not None
+        self.prepare()
         self._call = call
         if not self.lm_over_control:
-            unix = self.scratch / ".rlm" / "lm.sock" if self.use_unix_socket else None
+            unix = self.control / "lm.sock" if self.use_unix_socket else None
             self._server = LMServer(call, unix_path=unix)
             self._server.start()
         self._spawn()
+
+    def _make_dirs(self) -> None:
+        """The private directory with ``control`` (the host's, readable by the guest's
+        group) and ``work`` (the guest's, and root's group so that a sandbox launcher with
+        no capability may enter it), made before any guest code runs."""
+        ids = self.guest_ids() if os.geteuid() == 0 else None
+        self.home = Path(tempfile.mkdtemp(prefix="rlm-env-"))
+        os.chmod(self.home, 0o711)
+        control_group = os.getegid() if ids is None else ids[1]
+        self.control = make_dir(self.home / "control", 0o750, (os.geteuid(), control_group))
+        ship_runner(self.control)
+        self.scratch = make_dir(self.home / "work", 0o770 if ids else 0o700,
+                                None if ids is None else (ids[0], 0))
+        make_dir(self.scratch / "tmp", 0o700, ids)
 
     def _spawn(self) -> None:
         assert self.scratch is not None
         self._replies = queue.Queue()
         try:
+            assert self.control is not None
             self._proc = subprocess.Popen(
-                self.launch_command(self.scratch / ".rlm" / "runner.py"),
+                self.launch_command(self.control / "runner.py"),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 cwd=self.scratch, env=self.process_env(), start_new_session=True,
             )
         except OSError as exc:
             raise EnvStartError(f"{self.name}: cannot start the REPL process: {exc}") from exc
         proc = self._proc
-        threading.Thread(target=self._read_replies, args=(proc,), daemon=True,
+        threading.Thread(target=self._read_replies, args=(proc, self._replies), daemon=True,
                          name=f"rlm-{self.name}-reader").start()
         self._expect("ready", self.start_timeout_s, starting=True)
         lm = ({} if self._server is None else
@@ -209,20 +232,25 @@ class ProcessEnvironment(Environment):
             self._roundtrip({"type": "set_var", "name": name, "file": path, "format": fmt},
                             self.start_timeout_s, starting=True)
 
-    def _read_replies(self, proc: subprocess.Popen[bytes]) -> None:
+    def _read_replies(self, proc: subprocess.Popen[bytes],
+                      replies: queue.Queue[dict[str, Any] | None]) -> None:
+        """Hand the frames of ``proc`` to ``replies`` (that process's own queue, so a late
+        frame of a killed process never reaches its successor); ``None`` at the end."""
         assert proc.stdout is not None
         stream = protocol.FileStream(proc.stdout, None)
         while True:
             try:
                 message = protocol.recv(stream)
-            except (EOFError, OSError, protocol.ProtocolError, ValueError):
-                self._replies.put(None)
+            except Exception:  # a closed, broken or hostile channel: the process is done for
+                replies.put(None)
+                with contextlib.suppress(OSError):
+                    proc.stdout.close()
                 return
             if self.lm_over_control and message.get("type") == "lm_request":
                 threading.Thread(target=self._answer, args=(proc, message), daemon=True,
                                  name=f"rlm-{self.name}-lm").start()
             else:
-                self._replies.put(message)
+                replies.put(message)
 
     def _answer(self, proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
         """Answer one ``lm_request`` of the guest with the host's ``call``."""
@@ -241,12 +269,19 @@ class ProcessEnvironment(Environment):
         with self._write_lock:
             protocol.send(protocol.FileStream(None, proc.stdin), message)
 
-    def _expect(self, kind: str, timeout_s: float | None, *, starting: bool = False
-                ) -> dict[str, Any]:
-        try:
-            reply = self._replies.get(timeout=timeout_s)
-        except queue.Empty:
-            raise TimeoutError from None
+    def _expect(self, kind: str, timeout_s: float | None, *, starting: bool = False,
+                interruptible: bool = False) -> dict[str, Any]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                reply = self._replies.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError from None
+            if reply is not _WAKE:
+                break
+            if interruptible and self._interrupted.is_set():
+                raise _Interrupted
         if reply is None:  # the process ended, or broke the control channel
             code = None
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -261,9 +296,9 @@ class ProcessEnvironment(Environment):
         return reply
 
     def _roundtrip(self, message: dict[str, Any], timeout_s: float | None, *,
-                   starting: bool = False) -> dict[str, Any]:
+                   starting: bool = False, interruptible: bool = False) -> dict[str, Any]:
         expected = {"init": "ok", "tools": "ok", "set_var": "ok", "exec": "result",
-                    "final_text": "value", "shutdown": "ok"}[message["type"]]
+                    "shutdown": "ok"}[message["type"]]
         try:
             self._send(message)
         except (OSError, ValueError) as exc:
@@ -271,7 +306,8 @@ class ProcessEnvironment(Environment):
                 raise EnvStartError(f"{self.name}: the REPL process is gone: {exc}") from exc
             raise ProcessLookupError(str(exc)) from exc
         try:
-            return self._expect(expected, timeout_s, starting=starting)
+            return self._expect(expected, timeout_s, starting=starting,
+                                interruptible=interruptible)
         except TimeoutError:
             if starting:
                 self._kill()
@@ -286,21 +322,61 @@ class ProcessEnvironment(Environment):
         path, fmt = self._write_value(name, value)
         self._variables[name] = (self.guest_path(path), fmt)
         with self._lock:
+            if self._proc is None:  # killed by an interrupt: the new REPL loads every variable
+                self._revive()
+                return
             self._roundtrip({"type": "set_var", "name": name, "file": self.guest_path(path),
                              "format": fmt}, self.start_timeout_s)
 
     def _write_value(self, name: str, value: Any) -> tuple[Path, str]:
-        assert self.scratch is not None
-        return write_value(self.scratch / ".rlm", name, value, owner=self.name)
+        assert self.control is not None
+        return write_value(self.control, name, value, owner=self.name)
+
+    def interrupt(self) -> None:
+        """Stop the block under way: SIGINT to the REPL's process group, then, past
+        ``interrupt_grace_s``, kill it (a new REPL starts when the environment is next
+        used)."""
+        self._interrupted.set()
+        self._replies.put(_WAKE)
+
+    def _revive(self) -> None:
+        """Start a new REPL process if the last one was killed by ``interrupt``."""
+        if self._proc is None and self.scratch is not None and not self._closed:
+            self._spawn()
+
+    def _stop_block(self, started: float) -> ExecResult:
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                reply = self._expect("result", self.interrupt_grace_s)
+                reply.pop("type", None)
+                result = ExecResult.from_dict(reply)
+            except (TimeoutError, ProcessLookupError, EnvError, ValueError):
+                self._kill()  # the next use starts a new REPL
+                result = ExecResult()
+        else:
+            result = ExecResult()
+        return replace(result, elapsed_s=time.monotonic() - started, error=(
+            "Cancelled: the call tree was stopped while this block ran"
+            + (f"\n{result.error}" if result.error else "")))
 
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
-        if self._proc is None:
+        if self._closed:
+            raise EnvError("the environment is closed")
+        if self.scratch is None:
             raise EnvError("start the environment first")
         limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
         started = time.monotonic()
         with self._lock:
+            self._revive()
+            self._interrupted.clear()
             try:
-                reply = self._roundtrip({"type": "exec", "code": code}, limit)
+                reply = self._roundtrip({"type": "exec", "code": code}, limit,
+                                        interruptible=True)
+            except _Interrupted:
+                return self._stop_block(started)
             except TimeoutError:
                 self._restart()
                 return ExecResult(error=(
@@ -313,13 +389,18 @@ class ProcessEnvironment(Environment):
                     f"ProcessDied: {exc} (out of memory or killed); the REPL was restarted: "
                     "`context` is back, your other variables are gone"),
                     elapsed_s=time.monotonic() - started)
-        reply.pop("type", None)
-        return ExecResult.from_dict(reply)
-
-    def resolve_final_text(self, expression: str) -> str:
-        with self._lock:
-            return str(self._roundtrip({"type": "final_text", "expression": expression},
-                                       self.block_timeout_s)["text"])
+            except EnvError as exc:  # an out-of-turn frame: the channel cannot be trusted
+                problem = str(exc)
+            else:
+                reply.pop("type", None)
+                try:
+                    return ExecResult.from_dict(reply)
+                except ValueError as exc:
+                    problem = str(exc)
+            self._restart()
+        return ExecResult(error=(
+            f"ProtocolError: {problem}; the REPL was restarted: `context` is back, your "
+            "other variables are gone"), elapsed_s=time.monotonic() - started)
 
     def _restart(self) -> None:
         self._kill()
@@ -334,11 +415,12 @@ class ProcessEnvironment(Environment):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
         self.process_killed()
+        # The reader thread closes stdout when it sees the end of the stream: closing it
+        # here would wait on that thread, forever if a daemon of the REPL holds the pipe.
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
 
     def close(self) -> None:
         if self._closed:
@@ -350,18 +432,5 @@ class ProcessEnvironment(Environment):
             self._kill()
         if self._server is not None:
             self._server.close()
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-class SubprocessEnvironment(ProcessEnvironment):
-    """A plain child Python process with rlimits and a wall-clock kill per block.
-
-    Isolates: the host's memory and variables (API keys included: the child gets no host
-    environment variable), a crash or ``os._exit`` of the REPL, runaway blocks.  Does NOT
-    isolate: the file system, the network, other processes of the same user.  As root,
-    the process-count and memory limits can be raised again by the code itself.
-    """
-
-    name = "subprocess"
-    isolation = "separate process, rlimits, wall-clock kill; shares files and network"
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)

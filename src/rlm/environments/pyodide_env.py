@@ -1,9 +1,10 @@
 """The "pyodide" environment: CPython compiled to WebAssembly (Pyodide), run by Deno.
 
-The Deno process may only read two folders (the Pyodide runtime and its own scratch
-directory) and has no network, write, subprocess, FFI, system-information or environment
-permission.  Since it cannot reach the host's ``LMServer``, LM requests travel on the
-control channel (``ProcessEnvironment.lm_over_control``).  The guest is the shared
+The Deno process may only read two folders (the Pyodide runtime and its own control
+directory, where the host puts the runner and the values it hands over) and has no
+network, write, subprocess, FFI, system-information or environment permission.  Since it
+cannot reach the host's ``LMServer``, LM requests travel on the control channel
+(``ProcessEnvironment.lm_over_control``).  The guest is the shared
 ``rlm.bridge.runner`` / ``guest`` pair, run inside Pyodide by ``pyodide_runner.js``.
 
 Pyodide itself comes from the npm registry (``npm install pyodide@PYODIDE_VERSION``, once,
@@ -31,7 +32,8 @@ from typing import Any
 
 from rlm.core.tools import Tool
 from rlm.environments.base import HostCall
-from rlm.environments.process import RUNNER_FILES, ProcessEnvironment, ship_runner
+from rlm.environments.files import RUNNER_FILES, ship_runner
+from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError, MissingDependencyError
 
 __all__ = ["PYODIDE_VERSION", "PyodideEnvironment", "ensure_runtime", "runtime_dir"]
@@ -165,7 +167,7 @@ class PyodideEnvironment(ProcessEnvironment):
     """CPython in WebAssembly (Pyodide) inside a Deno process with almost no permission.
 
     Isolates: the network (no ``--allow-net``: sockets fail, ``fetch`` never runs), the
-    host's files (Deno reads only the Pyodide runtime and the scratch directory, writes
+    host's files (Deno reads only the Pyodide runtime and the control directory, writes
     nothing: Python's files live in memory), subprocesses and FFI, the host's environment
     variables (API keys included: the process gets none and may read none), the host's
     memory (a WebAssembly sandbox), runaway blocks (wall-clock kill and restart).  Does NOT
@@ -177,7 +179,7 @@ class PyodideEnvironment(ProcessEnvironment):
 
     name = "pyodide"
     isolation = ("WebAssembly under Deno: no network, no host writes, no subprocess, no env; "
-                 "reads only its runtime and scratch; wall-clock kill")
+                 "reads only its runtime and the values handed over; wall-clock kill")
     lm_over_control = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -204,8 +206,8 @@ class PyodideEnvironment(ProcessEnvironment):
         super().start(call, tools)
 
     def launch_command(self, runner: Path) -> list[str]:
-        assert self._pyodide is not None and self.scratch is not None
-        return [self._deno, "run", *_deno_flags([self._pyodide.parent.parent, self.scratch]),
+        assert self._pyodide is not None and self.control is not None
+        return [self._deno, "run", *_deno_flags([self._pyodide.parent.parent, self.control]),
                 str(_runner_script()), str(self._pyodide), str(runner.parent),
                 str(self._snapshot or "")]
 

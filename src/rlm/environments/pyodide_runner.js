@@ -45,7 +45,7 @@ function read(size) {
 
 function shipGuest(pyodide, guestDir) {
   pyodide.FS.mkdirTree("/rlm");
-  for (const name of ["guest.py", "protocol.py", "runner.py"]) {
+  for (const name of ["guest.py", "guards.py", "protocol.py", "runner.py"]) {
     pyodide.FS.writeFile(`/rlm/${name}`, Deno.readFileSync(`${guestDir}/${name}`));
   }
 }

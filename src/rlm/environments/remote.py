@@ -36,7 +36,7 @@ import httpx
 from rlm.core.context import FolderContext
 from rlm.core.tools import Tool, shipped_tools
 from rlm.environments.base import Environment, HostCall
-from rlm.environments.process import RUNNER_FILES
+from rlm.environments.files import RUNNER_FILES
 from rlm.errors import EnvError, EnvStartError, MissingDependencyError, RLMError
 from rlm.types import ExecResult
 
@@ -293,11 +293,6 @@ class RemoteEnvironment(Environment):
             reply = self._post("/exec", {"code": code, "timeout_s": limit},
                                limit + self.grace_s + 30.0)
         return ExecResult.from_dict(reply)
-
-    def resolve_final_text(self, expression: str) -> str:
-        with self._lock:
-            return str(self._post("/final_text", {"expression": expression},
-                                  self.block_timeout_s + self.grace_s + 30.0)["text"])
 
     def close(self) -> None:
         if self._closed:

@@ -3,7 +3,8 @@
 The REPL process runs under ``bwrap`` (Debian package ``bubblewrap``) in new PID, network,
 mount, IPC, UTS and cgroup namespaces, sees a read-only root made of ``/usr``, the Python
 install and the venv's site-packages, and writes only to its scratch directory, mounted at
-``/sandbox``.  LM requests go to a token-checked Unix socket inside the scratch directory.
+``/sandbox``.  What the host hands over (the runner, values, the LM socket, a token-checked
+Unix socket) is in the environment's control directory, mounted read-only at ``/rlm``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rlm.environments.files import free_uid, write_file
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
 
-__all__ = ["GUEST_ROOT", "SandboxEnvironment"]
+__all__ = ["GUEST_CONTROL", "GUEST_ROOT", "SandboxEnvironment"]
 
 #: Where the scratch directory appears inside the sandbox (the REPL's cwd and home).
 GUEST_ROOT = "/sandbox"
+#: Where the control directory appears inside the sandbox, read-only.
+GUEST_CONTROL = "/rlm"
 _TOP = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr, or dirs
 _ETC = ("/etc/ld.so.cache", "/etc/localtime")
 _NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
@@ -39,8 +43,6 @@ _NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts
 #: (PR_SET_PDEATHSIG), so sandboxes are started from these long-lived threads.
 _SPAWNER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rlm-sandbox-spawn")
 _probed: dict[str, str] = {}
-#: (first, count): uids that no account, container range or systemd convention uses.
-_FREE_UIDS = (0x70000000, 0x0FFE0000)
 
 
 class SandboxEnvironment(ProcessEnvironment):
@@ -52,7 +54,7 @@ class SandboxEnvironment(ProcessEnvironment):
     - the file system: a read-only root with ``/usr``, the Python install and the venv's
       site-packages at their host paths and nothing else of the host (no home, project,
       ``/etc/shadow``, host ``/tmp``); the scratch directory, at ``/sandbox``, is the only
-      writable place;
+      writable place; what the host hands over is read-only at ``/rlm``;
     - host processes and variables: its own PID namespace (nothing of the host can be seen
       or signalled) and no host environment variable;
     - privileges and resources: as root, the REPL runs as an unprivileged ``uid`` with no
@@ -73,10 +75,11 @@ class SandboxEnvironment(ProcessEnvironment):
                  "namespaces, wall-clock kill")
     use_unix_socket = True
     guest_root = GUEST_ROOT
+    guest_control = GUEST_CONTROL
 
     def __init__(self, *, uid: int | None = None, cgroups: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.uid = _FREE_UIDS[0] + secrets.randbelow(_FREE_UIDS[1]) if uid is None else uid
+        self.uid = free_uid() if uid is None else uid
         self.use_cgroups = cgroups
         #: The cgroup directories made for this sandbox (removed by ``close``).
         self.cgroups: list[Path] | None = None
@@ -86,9 +89,11 @@ class SandboxEnvironment(ProcessEnvironment):
         _probe()
 
     # -- hooks -----------------------------------------------------------------------------
+    def guest_ids(self) -> tuple[int, int] | None:
+        return (self.uid, self.uid)
+
     def launch_command(self, runner: Path) -> list[str]:
         """``bwrap`` (inside the cgroups), then ``setpriv`` to ``uid`` when run as root."""
-        self._prepare()
         python, binds, links = _python_layout()
         command = [_probe(), *_NAMESPACES, "--die-with-parent", "--new-session",
                    "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
@@ -112,8 +117,9 @@ class SandboxEnvironment(ProcessEnvironment):
             command += ["--ro-bind", path, path]
         for target, dest in links:
             command += ["--symlink", target, dest]
-        assert self.scratch is not None
-        command += ["--bind", str(self.scratch), GUEST_ROOT, "--chdir", GUEST_ROOT,
+        assert self.scratch is not None and self.control is not None
+        command += ["--bind", str(self.scratch), GUEST_ROOT,
+                    "--ro-bind", str(self.control), GUEST_CONTROL, "--chdir", GUEST_ROOT,
                     "--remount-ro", "/", "--seccomp", "3"]
         if os.geteuid() == 0:
             command += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={self.uid}",
@@ -126,21 +132,17 @@ class SandboxEnvironment(ProcessEnvironment):
         procs = [str(path / "cgroup.procs") for path in self.cgroups or []]
         script = ('f=$1; n=$2; shift 2; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 1; '
                   'shift; n=$((n - 1)); done; exec "$@" 3< "$f"')
-        filter_file = str(self.scratch / ".rlm" / "seccomp.bpf")
+        filter_file = str(self.control / "seccomp.bpf")
         return ["/bin/sh", "-c", script, "sh", filter_file, str(len(procs)), *procs, *command]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _spawn(self) -> None:
         _SPAWNER.submit(super()._spawn).result()
 
-    def _prepare(self) -> None:
-        """Give the scratch directory to ``uid`` and make the cgroups (once)."""
-        assert self.scratch is not None
-        if os.geteuid() == 0:
-            os.chown(self.scratch, self.uid, 0)  # bwrap (root, no capability) must enter it
-            os.chmod(self.scratch, 0o770)
-            os.chown(self.scratch / "tmp", self.uid, self.uid)
-        (self.scratch / ".rlm" / "seccomp.bpf").write_bytes(_seccomp_program())
+    def prepare(self) -> None:
+        """Write the seccomp program into the control directory and make the cgroups."""
+        assert self.control is not None
+        write_file(self.control / "seccomp.bpf", _seccomp_program())
         if self.cgroups is None:
             self.cgroups = _make_cgroups(self.limits) if self.use_cgroups else []
 

@@ -17,12 +17,14 @@ __all__ = ["Tracer"]
 class Tracer:
     """Shared by a whole call tree: numbers events in the order they happen.
 
-    ``secrets`` are replaced by ``[REDACTED]`` in every event, in memory and on disk.
+    ``secrets`` are replaced by ``[REDACTED]`` in every event, in memory and on disk, also
+    when a server echoes them transformed (case changed, spaced out, split: see
+    ``rlm.trace.sinks.redact``).
     """
 
     def __init__(self, sink: TraceSink, *, secrets: list[str] | None = None) -> None:
         self.sink = sink
-        self.secrets = [s for s in (secrets or []) if s]
+        self.secrets = [s for s in (secrets or []) if isinstance(s, str) and s]
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
 
