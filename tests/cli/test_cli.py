@@ -198,6 +198,18 @@ def test_console_script_runs(script, traces_home):
     assert "Traceback" not in done.stderr
 
 
+def test_model_code_writing_to_fd_1_cannot_break_the_json_output(script, traces_home):
+    env = {**os.environ, "RLM_USER_PATH": str(traces_home)}
+    code = repl("import os\nos.write(1, b'NOT JSON\\n')\nFINAL('ok')")
+    done = subprocess.run(
+        [*rlm_command(), "run", "q", "--json", "--script", str(script(code))],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["response"] == "ok"  # without the guard: "NOT JSON" first
+    assert "NOT JSON" in done.stderr
+
+
 def test_first_ctrl_c_cancels_with_the_partial_answer(script, traces_home):
     slow = repl("import time\ntime.sleep(0.2)\nprint('working')")
     env = {**os.environ, "RLM_USER_PATH": str(traces_home)}

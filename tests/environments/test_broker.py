@@ -22,8 +22,8 @@ from rlm import registry
 from rlm.environments.files import RUNNER_FILES
 from rlm.errors import EnvError
 
-ENDPOINTS = [("GET", "/health"), ("POST", "/exec"), ("POST", "/set_var"),
-          ("POST", "/shutdown"), ("GET", "/pending"),
+ENDPOINTS = [("GET", "/health"), ("POST", "/exec"), ("POST", "/interrupt"),
+             ("POST", "/set_var"), ("POST", "/shutdown"), ("GET", "/pending"),
              ("POST", "/respond")]
 
 

@@ -25,6 +25,8 @@ API:
 - ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body).
 - ``.start()`` / ``.stop()`` or ``with``: ``stop`` interrupts pending delays, closes every
   open connection and joins the server threads.
+- ``python -m tests.fakes.openai_server REPLY...``: the server in a process of its own, for
+  tests that kill it (see ``main``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse"]
+__all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse", "main"]
 
 ReplyFunction = Callable[[dict[str, Any]], str]
 Usage = bool | tuple[Any, Any] | dict[str, Any]
@@ -280,3 +282,41 @@ class FakeOpenAIServer:
             handler.wfile.write(payload)
         except OSError:
             handler.close_connection = True  # the client went away (it timed out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve from a process of its own, for tests that kill the provider: ``python -m
+    tests.fakes.openai_server REPLY...`` prints ``url <base URL>``, then ``received <n>``
+    when the n-th request arrives and ``answered <n>`` once its reply went out (stdout,
+    one line each).  The n-th request gets the n-th ``REPLY``; requests past the last one
+    are never answered (the server hangs until it is killed)."""
+    import sys
+
+    replies = list(sys.argv[1:] if argv is None else argv)
+    hang = threading.Event()  # never set: the process ends by a signal
+    count = 0
+    count_lock = threading.Lock()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    class Announcing(FakeOpenAIServer):
+        def _serve(self, handler: _Handler, raw: bytes) -> None:
+            nonlocal count
+            with count_lock:
+                count += 1
+                number = count
+            say(f"received {number}")
+            if number > len(replies):
+                hang.wait()
+            self.enqueue(replies[number - 1])
+            super()._serve(handler, raw)
+            say(f"answered {number}")
+
+    server = Announcing().start()
+    say(f"url {server.url}")
+    hang.wait()
+
+
+if __name__ == "__main__":
+    main()

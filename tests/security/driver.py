@@ -6,8 +6,9 @@ The test suite starts this script per environment (in a new session), so an atta
 kills or corrupts its host only takes this process down.  For each entry it writes a
 "start" line, then a "result" line: {"id", "verdict": "stopped" | "not stopped", "detail"}.
 Each entry gets an environment of its own, closed after it; then the leftover check looks
-for what the attack left on the machine (processes, containers, cgroups, temp dirs,
-/dev/shm files, listening ports), which makes the entry "not stopped" and is cleaned up.
+for what the attack left on the machine (processes, and so the ports they listen on,
+containers, cgroups, temp dirs, /dev/shm files), which makes the entry "not stopped" and
+is cleaned up.
 An entry whose host side hangs is recorded as such and this process exits.
 """
 
@@ -17,6 +18,7 @@ import builtins
 import contextlib
 import glob
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -33,11 +35,12 @@ import tomllib
 from pathlib import Path
 
 from rlm import registry
+from rlm.environments.process import ProcessEnvironment
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "pyproject.toml"
 ESCAPE_MARK = "ESCAPED"
 #: How long the host side of one entry may take before it counts as hung.
-HANG_S = 90.0
+HANG_S = 60.0
 
 
 def host_call(message):
@@ -222,9 +225,12 @@ def judge(host: Host, env, entry: dict) -> tuple[str, str]:
 class Leftovers:
     """What is on the machine before an entry, to find what the entry left behind.
 
-    Only processes that are the entry's are counted and killed: forks of this driver (they
-    carry its marker variable), processes of its session, of the guest uids (a fresh one
-    from the sandbox range, or nobody), or whose working directory was the environment's.
+    Only what is the entry's is counted, so that other work on the machine is neither
+    blamed nor killed: processes that are forks of this driver (they carry its marker
+    variable), of its session, of the environment's own uid (``env.uid``: a fresh one),
+    or whose working directory was the environment's; temporary directories that are the
+    environment's or its uid's; its containers and cgroups; new /dev/shm files.  (A
+    listening port needs a process, so the processes cover ports.)
     """
 
     def __init__(self, env_name: str) -> None:
@@ -232,9 +238,10 @@ class Leftovers:
         self.pids = self._pids()
         self.shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         self.temps = self._temps()
-        self.cgroups = self._cgroups()
-        self.ports = self._ports()
         self.env_dirs: list[str] = []
+        self.env_uid: int | None = None
+        self.env_instance: str | None = None
+        self.env_cgroups: list[str] = []
         self.marker = ("RLM_HOSTILE_DIR=" + os.environ.get("RLM_HOSTILE_DIR", "")).encode()
 
     def watch(self, env: object) -> None:
@@ -243,6 +250,10 @@ class Leftovers:
             value = getattr(env, attribute, None)
             if value is not None:
                 self.env_dirs.append(str(value))
+        uid = getattr(env, "uid", None)
+        self.env_uid = uid if isinstance(uid, int) and uid != os.geteuid() else None
+        self.env_instance = getattr(env, "instance_id", None)
+        self.env_cgroups = [str(path) for path in getattr(env, "cgroups", None) or []]
 
     @staticmethod
     def _pids() -> set[int]:
@@ -254,20 +265,8 @@ class Leftovers:
         return {p for p in glob.glob(os.path.join(root, "rlm-*"))
                 if not os.path.basename(p).startswith("rlm-hostile-")}
 
-    @staticmethod
-    def _cgroups() -> set[str]:
-        return set(glob.glob("/sys/fs/cgroup/*/**/rlm-sandbox-*", recursive=True))
-
-    @staticmethod
-    def _ports() -> set[str]:
-        found = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                lines = Path(table).read_text().splitlines()[1:]
-            except OSError:
-                continue
-            found |= {line.split()[1] for line in lines if line.split()[3] == "0A"}
-        return found
+    def _guest_uid(self, uid: int) -> bool:
+        return self.env_uid is not None and uid == self.env_uid
 
     def _ours(self, pid: int) -> bool:
         try:
@@ -278,21 +277,29 @@ class Leftovers:
         fields = stat.rsplit(")", 1)[1].split()
         if fields[0] == "Z" or fields[1] == "2" or pid == os.getpid():  # zombie, kernel thread
             return False
-        if int(fields[3]) == os.getsid(0) or info.st_uid == 65534 or \
-                0x70000000 <= info.st_uid < 0x80000000:
+        if int(fields[3]) == os.getsid(0) or self._guest_uid(info.st_uid):
             return True
         try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
             if any(cwd == d or cwd.startswith(d + "/") for d in self.env_dirs):
                 return True
             return self.marker in Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             return False
 
+    def _owner_is_guest(self, path: str) -> bool:
+        try:
+            return self._guest_uid(os.lstat(path).st_uid)
+        except OSError:
+            return False
+
     def _containers(self) -> list[str]:
         if self.env_name != "docker" or shutil.which("docker") is None:
             return []
-        done = subprocess.run(["docker", "ps", "-aq", "--filter", "label=rlm.environment"],
+        if self.env_instance is None:
+            return []
+        done = subprocess.run(["docker", "ps", "-aq", "--filter",
+                               f"label=rlm.instance={self.env_instance}"],
                               capture_output=True, text=True, timeout=60, check=False)
         return done.stdout.split()
 
@@ -302,10 +309,11 @@ class Leftovers:
             pids = [pid for pid in self._pids() - self.pids if self._ours(pid)]
             containers = self._containers()
             shm = set(os.listdir("/dev/shm")) - self.shm if os.path.isdir("/dev/shm") else set()
-            temps = self._temps() - self.temps
-            cgroups = self._cgroups() - self.cgroups
-            ports = self._ports() - self.ports
-            if not (pids or containers or shm or temps or cgroups or ports):
+            temps = {path for path in self._temps() - self.temps
+                     if path in self.env_dirs or self._owner_is_guest(path)}
+            temps |= {path for path in self.env_dirs if os.path.lexists(path)}
+            cgroups = {path for path in self.env_cgroups if os.path.exists(path)}
+            if not (pids or containers or shm or temps or cgroups):
                 return None
             time.sleep(0.1)
         for pid in pids:
@@ -316,20 +324,22 @@ class Leftovers:
         for name in shm:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join("/dev/shm", name))
-        for path in self.env_dirs:
+        for path in temps:
             shutil.rmtree(path, ignore_errors=True)
         found = [f"{len(pids)} processes" if pids else "",
                  f"{len(containers)} containers" if containers else "",
                  f"/dev/shm files {sorted(shm)[:2]}" if shm else "",
                  f"temp dirs {sorted(temps)[:2]}" if temps else "",
-                 f"cgroups {sorted(cgroups)[:2]}" if cgroups else "",
-                 f"{len(ports)} listening ports" if ports else ""]
+                 f"cgroups {sorted(cgroups)[:2]}" if cgroups else ""]
         return "left behind: " + ", ".join(f for f in found if f)
 
 
 def make_env(name: str):
-    options = {"block_timeout_s": 15.0} if registry.get_environment_class(name).supports_timeout \
-        else {}
+    cls = registry.get_environment_class(name)
+    options: dict = {"block_timeout_s": 15.0} if cls.supports_timeout else {}
+    if issubclass(cls, ProcessEnvironment) and \
+            "max_disk_mb" in inspect.signature(ProcessEnvironment.__init__).parameters:
+        options["max_disk_mb"] = 256  # the disk-filling entries write more than this
     env = registry.create_environment(name, options)
     env.start(host_call)
     env.set_variable("context", "hostile test")

@@ -7,6 +7,7 @@ server, OpenRouter, Groq.  ``provider=...`` picks a preset base URL and key vari
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -14,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -61,9 +61,14 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _MAX_RETRY_AFTER_S = 60.0
 _ERROR_CHARS = 200
+#: How often a request in flight looks at ``request.cancel``.
+_CANCEL_POLL_S = 0.05
+#: After a timeout at the tree's deadline (``request.timeout_s``), how long to wait for the
+#: tree's own watchdog to trip, so that the run ends on its time limit, not on this error.
+_DEADLINE_GRACE_S = 0.5
 
 
-@contextmanager
+@contextlib.contextmanager
 def _translate_errors(where: str) -> Iterator[None]:
     """Turn ``httpx`` exceptions into ``rlm.BackendError`` subclasses (the only place)."""
     try:
@@ -105,6 +110,9 @@ class _Attempts:
         self.started = time.monotonic()
         self.deadline = self.started + max(limit, 0.001)
         self.retries = 0
+        #: Whether the deadline is the call tree's (what is left of ``max_timeout``).
+        self.tree_deadline = (request.timeout_s is not None
+                              and request.timeout_s < backend.timeout_s)
 
     def timeout(self) -> float:
         """The timeout of the next attempt: what is left before the deadline."""
@@ -131,6 +139,20 @@ class _Attempts:
         what = f"HTTP {outcome.status_code}" if isinstance(outcome, httpx.Response) else outcome
         return Cancelled(f"{self.backend.name} call cancelled while retrying after {what}")
 
+    def cancelled_in_flight(self) -> Cancelled:
+        return Cancelled(f"{self.backend.name} call cancelled while waiting for the reply")
+
+    def stopped_by_tree(self, outcome: BackendError) -> bool:
+        """Whether a failed attempt is the call tree stopping (a cancel, its deadline): the
+        caller then raises ``Cancelled`` and the run ends with the tree's stop reason."""
+        if self.cancel is None:
+            return False
+        if self.cancel.is_set():
+            return True
+        if isinstance(outcome, BackendTimeoutError) and self.tree_deadline:
+            return self.cancel.wait(_DEADLINE_GRACE_S)  # the watchdog trips at the deadline
+        return False
+
 
 class OpenAIBackend(LMBackend):
     """Chat completions from an OpenAI-compatible server (``POST {base_url}/chat/completions``).
@@ -139,7 +161,10 @@ class OpenAIBackend(LMBackend):
     localhost need none.  The price comes from ``price_per_mtok`` (USD per million input and
     output tokens), else the built-in table of OpenAI models (0.0 on localhost); an unknown
     price gives ``cost_usd=None``.  429, 5xx and connection errors are retried
-    ``max_retries`` times with exponential backoff (``Retry-After`` is honoured).
+    ``max_retries`` times with exponential backoff (``Retry-After`` is honoured).  When the
+    call tree stops (``request.cancel``: a cancel, ``max_timeout``), a request in flight or
+    a retry's wait ends at once with ``Cancelled``, so the run ends with the tree's stop
+    reason instead of waiting for the provider.
     """
 
     name = "openai"
@@ -328,17 +353,49 @@ class OpenAIBackend(LMBackend):
             raise outcome
         return self._parse(outcome, request, attempts.started, attempts.retries)
 
+    def _post(self, client: httpx.Client, body: dict[str, Any],
+              timeout: float) -> httpx.Response | BackendError:
+        try:
+            with _translate_errors(self._where):
+                return client.post("chat/completions", json=body, timeout=timeout)
+        except BackendError as exc:
+            return exc
+
+    def _attempt(self, client: httpx.Client, body: dict[str, Any],
+                 attempts: _Attempts) -> httpx.Response | BackendError:
+        """One request.  With a cancel event it runs in a worker thread, so that a cancel
+        ends the wait at once (a blocking ``httpx`` call cannot be interrupted); the
+        abandoned request ends by itself, at the latest at its timeout."""
+        timeout = attempts.timeout()
+        if attempts.cancel is None:
+            return self._post(client, body, timeout)
+        done = threading.Event()
+        box: list[Any] = []
+
+        def work() -> None:
+            try:
+                box.append(self._post(client, body, timeout))
+            except BaseException as exc:  # handed to the caller (a closed client...)
+                box.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, daemon=True, name="rlm-openai-request").start()
+        while not done.wait(_CANCEL_POLL_S):
+            if attempts.cancel.is_set():
+                raise attempts.cancelled_in_flight()
+        outcome = box[0]
+        if isinstance(outcome, BaseException) and not isinstance(outcome, BackendError):
+            raise outcome
+        return outcome
+
     def complete(self, request: CompletionRequest) -> Completion:
         body, attempts = self._body(request), _Attempts(self, request)
         client = self._sync_client()
         while True:
-            outcome: httpx.Response | BackendError
-            try:
-                with _translate_errors(self._where):
-                    outcome = client.post("chat/completions", json=body,
-                                          timeout=attempts.timeout())
-            except BackendError as exc:
-                outcome = exc
+            outcome = self._attempt(client, body, attempts)
+            if isinstance(outcome, BackendError) and attempts.stopped_by_tree(outcome):
+                raise attempts.cancelled_in_flight() from outcome
             result = self._settle(outcome, attempts, request)
             if isinstance(result, Completion):
                 return result
@@ -347,17 +404,50 @@ class OpenAIBackend(LMBackend):
             elif attempts.cancel.wait(result):
                 raise attempts.cancelled(outcome)
 
+    async def _apost(self, client: httpx.AsyncClient, body: dict[str, Any],
+                     timeout: float) -> httpx.Response | BackendError:
+        try:
+            with _translate_errors(self._where):
+                return await client.post("chat/completions", json=body, timeout=timeout)
+        except BackendError as exc:
+            return exc
+
+    async def _aattempt(self, client: httpx.AsyncClient, body: dict[str, Any],
+                        attempts: _Attempts) -> httpx.Response | BackendError:
+        """One request; a cancel (``request.cancel``) cancels it in flight."""
+        post = self._apost(client, body, attempts.timeout())
+        if attempts.cancel is None:
+            return await post
+        task = asyncio.ensure_future(post)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=_CANCEL_POLL_S)
+                if not task.done() and attempts.cancel.is_set():
+                    raise attempts.cancelled_in_flight()
+            return task.result()
+        finally:
+            if not task.done():  # cancelled by the tree, or this coroutine was cancelled
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _astopped_by_tree(self, outcome: BackendError, attempts: _Attempts) -> bool:
+        if attempts.cancel is None:
+            return False
+        if isinstance(outcome, BackendTimeoutError) and attempts.tree_deadline:
+            end = time.monotonic() + _DEADLINE_GRACE_S
+            while not attempts.cancel.is_set() and time.monotonic() < end:
+                await asyncio.sleep(_CANCEL_POLL_S)
+        return attempts.cancel.is_set()
+
     async def acomplete(self, request: CompletionRequest) -> Completion:
         body, attempts = self._body(request), _Attempts(self, request)
         client = self._async_client()
         while True:
-            outcome: httpx.Response | BackendError
-            try:
-                with _translate_errors(self._where):
-                    outcome = await client.post("chat/completions", json=body,
-                                                timeout=attempts.timeout())
-            except BackendError as exc:
-                outcome = exc
+            outcome = await self._aattempt(client, body, attempts)
+            if isinstance(outcome, BackendError) and await self._astopped_by_tree(outcome,
+                                                                                 attempts):
+                raise attempts.cancelled_in_flight() from outcome
             result = self._settle(outcome, attempts, request)
             if isinstance(result, Completion):
                 return result

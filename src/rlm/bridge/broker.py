@@ -8,6 +8,8 @@ with its own LM handler, so no key enters the sandbox.
 Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T``), else
 401; bodies and replies are JSON.  Control: ``GET /health`` -> ``{ok, pid, version}``;
 ``POST /exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s, notes}``;
+``POST /interrupt`` stops the cell under way as its time limit would (the host's run was
+cancelled or hit a limit);
 ``POST /set_var?name=N&format=text|bytes|json`` with the value's raw bytes as the body
 (UTF-8 text, bytes, or JSON; streamed, up to ``MAX_VALUE_BYTES``); ``POST /tools
 {sources}`` defines the user's tools from their code (422 when one fails); ``POST
@@ -117,6 +119,7 @@ class Broker:
         self._ids = itertools.count(1)
         self._last_poll = time.monotonic()
         self._control = threading.Lock()
+        self._interrupted = threading.Event()
         self._variables: dict[str, Any] = {}
         self._tools: dict[str, str] = {}
         self.runtime = self._new_runtime()
@@ -224,7 +227,11 @@ class Broker:
         worker = threading.Thread(target=run, name="rlm-cell", daemon=True)
         worker.start()
         try:
-            if done.wait(limit):
+            deadline = time.monotonic() + limit
+            while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline or self._interrupted.is_set():
+                    break
+            if done.is_set():
                 return ("failed", box["failure"]) if "failure" in box else ("done", box["value"])
             give_up = time.monotonic() + self.grace_s
             while not done.is_set() and time.monotonic() < give_up:
@@ -238,17 +245,25 @@ class Broker:
             _restore_builtins()
             self.runtime.namespace["__builtins__"] = guards.guarded_builtins()
 
+    def interrupt(self) -> None:
+        """Stop the cell under way (``POST /interrupt``)."""
+        self._interrupted.set()
+
     def execute(self, code: str, timeout_s: float | None = None) -> dict[str, Any]:
         limit = self.block_timeout_s if timeout_s is None else float(timeout_s)
         started = time.monotonic()
         with self._control:
+            self._interrupted.clear()
             state, result = self._supervise(lambda runtime: runtime.run_cell(code), limit)
         if state == "done":
             return result
         if state == "failed":  # the runtime itself broke, not the model's code
             error, result = f"BrokerError: {type(result).__name__}: {result}", None
         else:
-            error = f"TimeoutError: the block ran past {limit:g}s and was stopped; " + (
+            why = ("Cancelled: the call tree was stopped while this block ran"
+                   if self._interrupted.is_set() else
+                   f"TimeoutError: the block ran past {limit:g}s")
+            error = f"{why} and it was stopped; " + (
                 "your variables are kept" if state == "stopped" else
                 "it did not stop, so the REPL was restarted: `context` is back, your other "
                 "variables are gone")
@@ -270,6 +285,9 @@ def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str,
         return 200, {"ok": True}
     if endpoint == "POST /shutdown":
         broker.shutdown()
+        return 200, {"ok": True}
+    if endpoint == "POST /interrupt":
+        broker.interrupt()
         return 200, {"ok": True}
     if endpoint == "GET /pending":
         wait_s = float(query.get("wait", ["0"])[0])
@@ -342,8 +360,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not name.isidentifier() or fmt not in ("text", "bytes", "json"):
                 raise ValueError(f"name={name!r}, format={fmt!r}: want an identifier and "
                                  "text, bytes or json")
-            value: Any = (buffer.decode("utf-8") if fmt == "text" else bytes(buffer)
-                          if fmt == "bytes" else json.loads(buffer))
+            value: Any = (buffer.decode("utf-8", "surrogatepass") if fmt == "text"
+                          else bytes(buffer) if fmt == "bytes"
+                          else json.loads(buffer.decode("utf-8", "surrogatepass")))
             del buffer
             broker.set_variable(name, value)
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
@@ -351,7 +370,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"ok": True})
 
     def _send(self, status: int, reply: dict[str, Any]) -> None:
-        data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
+        try:
+            data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: escaped, it decodes to the same text
+            data = json.dumps(reply, default=str).encode("ascii")
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

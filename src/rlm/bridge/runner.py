@@ -153,7 +153,11 @@ def serve(stream: protocol.Stream, read: Callable[[str], bytes] = read_bytes) ->
                 reply = {"type": "error", "message": f"unknown message type {kind!r}"}
         except Exception as exc:  # report, keep serving: the host decides what to do
             reply = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}
-        protocol.send(stream, reply)
+        try:
+            protocol.send(stream, reply)
+        except protocol.ProtocolError as exc:  # too big, or not JSON: say so, keep serving
+            protocol.send(stream, {"type": "error", "message": f"the reply cannot be sent: "
+                                                               f"{exc}"[:2000]})
 
 
 def apply_limits() -> None:

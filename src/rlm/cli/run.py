@@ -107,6 +107,26 @@ def _cancel_on_sigint(model: RLM) -> Iterator[None]:
                       else signal.default_int_handler)
 
 
+@contextlib.contextmanager
+def _stdout_kept_for_the_answer() -> Iterator[None]:
+    """While the run goes, file descriptor 1 is the terminal's stderr: code that writes to
+    fd 1 directly (model code in the ``local`` environment, a C library) cannot mix into
+    the answer or the ``--json`` object printed afterwards."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _summary(result: RLMResult) -> str:
     calls = sum(u.calls for u in result.usage.values())
     return (f"rlm: {result.stop_reason} · "
@@ -178,7 +198,7 @@ def execute(question: str, data: Any, options: dict[str, Any], *, as_json: bool 
             if model.router.sub is not None:
                 parts.append(f"sub={model.router.sub.name}:{model.router.sub.model_name}")
             click.echo("rlm: " + " ".join(parts), err=True)
-        with _cancel_on_sigint(model):
+        with _cancel_on_sigint(model), _stdout_kept_for_the_answer():
             try:
                 result = (model.completion(question) if data is None
                           else model.completion(question, context=data))

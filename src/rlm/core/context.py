@@ -42,16 +42,21 @@ def load_context(value: Any) -> Any:
     Only ``pathlib.Path`` (any ``os.PathLike``) is read as a path; a plain ``str`` is data.
     ``bytes`` are decoded as UTF-8 when they are valid UTF-8 and kept as bytes otherwise.
     """
-    if isinstance(value, os.PathLike):
-        path = Path(value)
-        if path.is_dir():
-            return FolderContext(path)
-        if not path.is_file():
-            raise ConfigError(f"context path does not exist: {path}")
-        data = path.read_bytes()
-        return _decode(data)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return _decode(bytes(value))
+    try:
+        if isinstance(value, os.PathLike):
+            path = Path(value)
+            if path.is_dir():
+                return FolderContext(path)
+            if not path.is_file():
+                raise ConfigError(f"context path does not exist: {path}")
+            data = path.read_bytes()
+            return _decode(data)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return _decode(bytes(value))
+    except MemoryError as exc:
+        size = Path(value).stat().st_size if isinstance(value, os.PathLike) else len(value)
+        raise ConfigError(f"the context ({size:,} bytes) does not fit in this machine's "
+                          "memory once decoded; pass a smaller input or a folder") from exc
     return value
 
 

@@ -54,6 +54,13 @@ class EngineConfig:
     sub_call_max_output_tokens: int | None = None
     chunk_chars: int = 50_000
     sub_calls: bool = True
+    #: Under ``max_timeout``, a block may use this share of the time left (at least
+    #: ``MIN_BLOCK_S``), so a runaway block leaves the model time to react.
+    block_time_share: float = 0.5
+
+
+#: The shortest time limit a block gets under ``max_timeout`` (unless less time is left).
+MIN_BLOCK_S = 1.0
 
 
 class Session:
@@ -132,6 +139,21 @@ class _Tree:
             sub_calls=engine.config.sub_calls,
             max_answer_chars=engine.config.loop.max_answer_chars,
         )
+        #: Per open node, what removes its environment's ``interrupt`` from ``on_stop``.
+        self._stops: dict[str, Callable[[], None]] = {}
+
+    def release(self, node: NodeRef) -> None:
+        """The node's environment no longer needs interrupting when the tree stops."""
+        remove = self._stops.pop(node.run_id, None)
+        if remove is not None:
+            remove()
+
+    def block_time_s(self) -> float | None:
+        """The time limit of the next block: ``block_time_share`` of the time left."""
+        left = self.budget.time_left_s()
+        if left is None:
+            return None
+        return min(left, max(left * self.engine.config.block_time_share, MIN_BLOCK_S))
 
     # -- one node ---------------------------------------------------------------------------
     def open_node(self, node: NodeRef, question: str | None, context: Any,
@@ -140,6 +162,8 @@ class _Tree:
         """Start ``env`` for ``node``, load ``context`` and return the first messages."""
         cfg = self.engine.config
         _env_call(env, "start", env.start, call, cfg.tools)
+        # A cancel or a limit stops the block under way, not only the next step.
+        self._stops[node.run_id] = self.budget.on_stop(env.interrupt)
         _env_call(env, "set_variable", env.set_variable, SETTINGS_NAME,
                   {"max_answer_chars": cfg.loop.max_answer_chars})
         value = load_context(context)
@@ -203,8 +227,11 @@ class _Tree:
     def _perform(self, step: Step, node: NodeRef, env: Environment) -> Any:
         if isinstance(step, CallLM):
             return self.handler.complete(step.request, node, purpose=step.purpose)
+        if self.budget.tripped is not None:  # stopped since the reply: do not start it
+            reason = self.budget.tripped
+            return ExecResult(error=f"{type(reason).__name__}: {reason}; the block was not run")
         return _checked(env, _env_call(env, "execute", env.execute, step.code,
-                                       timeout_s=self.budget.time_left_s()))
+                                       timeout_s=self.block_time_s()))
 
     async def run_async(self, node: NodeRef, messages: list[Message],
                         env: Environment) -> Outcome:
@@ -243,6 +270,7 @@ class _Tree:
             self.close_node(node, None, exc, started)
             raise
         finally:
+            self.release(node)
             try:
                 _env_call(env, "close", env.close)
             finally:
@@ -308,18 +336,26 @@ class Engine:
         with self._active_lock:
             self._active.discard(tree.budget)
         tree.budget.close()
-        # Whatever is still running belongs to a finished run: stop it and let it wind down.
-        tree.budget.cancel_event.set()
-        tree.handler.drain(timeout_s=5.0)
+        tree.release(root)
+        # Whatever is still running belongs to a finished run (a thread model code left, a
+        # batch slot): later LM calls fail, and in-flight ones get a moment to wind down.
+        tree.budget.trip(Cancelled("the run has ended"))
         late: RLMError | None = None
-        if session is not None:
-            session._target = None
-        elif owned:
+        # Each step runs even when an earlier one is cut short (a second Ctrl-C): the
+        # environment is removed and the trace gets its run_end.
+        try:
+            tree.handler.drain(timeout_s=5.0)
+        finally:
             try:
-                _env_call(env, "close", env.close)
-            except RLMError as exc:
-                late = exc
-        tree.close_node(root, outcome, error or late, started)
+                if session is not None:
+                    session._target = None
+                elif owned:
+                    try:
+                        _env_call(env, "close", env.close)
+                    except RLMError as exc:
+                        late = exc
+            finally:
+                tree.close_node(root, outcome, error or late, started)
         if outcome is None:
             if isinstance(error, RLMError):
                 self._attach_partial(error, tree, root, started, trace_path)

@@ -202,6 +202,7 @@ class DockerEnvironment(ProcessEnvironment):
     use_unix_socket = True
     guest_root: str = "/work"
     guest_control: str = "/rlm"
+    scratch_quota = True
 
     def __init__(self, *, image: str | None = None, python: str = "python3",
                  cpus: float | None = None, tmpfs_mb: int = 64,

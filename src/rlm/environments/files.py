@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,17 @@ def free_uid() -> int:
     return _FREE_UIDS[0] + secrets.randbelow(_FREE_UIDS[1])
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``path`` whole, never through what was there: a new file (``O_EXCL``, no
-    link followed) renamed over the old name, so a link or FIFO in its place is replaced,
-    not opened."""
+def write_file(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write ``path`` whole (``data``: bytes, or pieces of them), never through what was
+    there: a new file (``O_EXCL``, no link followed) renamed over the old name, so a link
+    or FIFO in its place is replaced, not opened."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)  # the control directory (0750) decides who may read
     try:
         with os.fdopen(fd, "wb", closefd=True) as handle:
-            handle.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -67,8 +69,9 @@ def write_value(directory: Path, name: str, value: Any, *, owner: str) -> tuple[
     (``surrogatepass``).  ``owner`` names the environment in the ``EnvError`` raised for a
     value JSON cannot hold."""
     base = directory / f"var-{name}"
-    if isinstance(value, str):
-        path, fmt, data = base.with_suffix(".txt"), "text", value.encode("utf-8", "surrogatepass")
+    data: bytes | Iterable[bytes]
+    if isinstance(value, str):  # in pieces: a 2 GB context is not copied whole again
+        path, fmt, data = base.with_suffix(".txt"), "text", _encoded([value])
     elif isinstance(value, bytes | bytearray | memoryview):
         path, fmt, data = base.with_suffix(".bin"), "bytes", bytes(value)
     else:
@@ -80,12 +83,19 @@ def write_value(directory: Path, name: str, value: Any, *, owner: str) -> tuple[
             raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} "
                            "cannot be sent to a separate process (use str, bytes, list, dict)"
                            ) from exc
-        path, fmt, data = base.with_suffix(".json"), "json", text.encode("utf-8", "surrogatepass")
+        path, fmt, data = base.with_suffix(".json"), "json", _encoded([text])
     try:
         write_file(path, data)
     except OSError as exc:
         raise EnvError(f"{owner}: cannot hand variable {name!r} to the REPL: {exc}") from exc
     return path, fmt
+
+
+def _encoded(texts: Iterable[str], piece: int = 1 << 22) -> Iterator[bytes]:
+    """UTF-8 of ``texts`` in pieces of at most ``piece`` characters (lone surrogates kept)."""
+    for text in texts:
+        for start in range(0, len(text), piece):
+            yield text[start:start + piece].encode("utf-8", "surrogatepass")
 
 
 def make_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> Path:

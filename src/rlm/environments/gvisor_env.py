@@ -56,6 +56,7 @@ class GVisorEnvironment(ProcessEnvironment):
     lm_over_control = True
     guest_root = GUEST_ROOT
     guest_control = GUEST_CONTROL
+    scratch_quota = True
 
     def __init__(self, *, platform: str = "ptrace", runsc_args: tuple[str, ...] | list[str] = (),
                  tmpfs_mb: int = 64, **kwargs: Any) -> None:
@@ -104,11 +105,15 @@ class GVisorEnvironment(ProcessEnvironment):
         shutil.rmtree(self._state / container, ignore_errors=True)
 
     def close(self) -> None:
-        super().close()
-        self.process_killed()
-        if self._state is not None:
-            shutil.rmtree(self._state, ignore_errors=True)
-            self._state = None
+        try:
+            super().close()
+        finally:
+            try:
+                self.process_killed()
+            finally:
+                if self._state is not None:
+                    shutil.rmtree(self._state, ignore_errors=True)
+                    self._state = None
 
 
 def _probe() -> str:

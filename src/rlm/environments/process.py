@@ -67,6 +67,9 @@ class ProcessEnvironment(Environment):
     - ``interrupt()`` (the call tree stopped) sends SIGINT and, past ``interrupt_grace_s``,
       kills the process.
     - ``memory_mb``, ``cpu_s``, ``max_processes``, ``max_file_mb``: rlimits of the process.
+    - ``max_disk_mb``: where the guest may write only its scratch directory
+      (``scratch_quota``) and the host runs as root, that directory is a tmpfs of this
+      size (``None``: no limit).
     - The process gets a fresh scratch directory as its working directory and home, and an
       environment with no variable of the host (no API key can leak in).  What the host
       hands over lives in a separate ``control`` directory the process cannot write (see
@@ -84,13 +87,19 @@ class ProcessEnvironment(Environment):
     #: Where the process sees the control directory, mounted read-only; ``None``: at its
     #: host path.
     guest_control: str | None = None
+    #: Whether the scratch directory is the only place the guest may write, so that a
+    #: size-bounded tmpfs there (``max_disk_mb``, as root) bounds its disk use.
+    scratch_quota = False
 
     def __init__(self, *, block_timeout_s: float = 300.0, memory_mb: int | None = 4096,
                  cpu_s: int | None = None, max_processes: int | None = 256,
                  max_file_mb: int | None = 1024, capture_limit: int = 2_000_000,
-                 start_timeout_s: float = 60.0, interrupt_grace_s: float = 1.0) -> None:
+                 start_timeout_s: float = 60.0, interrupt_grace_s: float = 1.0,
+                 max_disk_mb: int | None = 1024) -> None:
         self.block_timeout_s = block_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
+        self.max_disk_mb = max_disk_mb
+        self._quota_mounted = False
         self.limits = {
             "memory_bytes": None if memory_mb is None else memory_mb << 20,
             "cpu_s": cpu_s, "processes": max_processes,
@@ -197,7 +206,25 @@ class ProcessEnvironment(Environment):
         ship_runner(self.control)
         self.scratch = make_dir(self.home / "work", 0o770 if ids else 0o700,
                                 None if ids is None else (ids[0], 0))
+        if self.scratch_quota and self.max_disk_mb is not None and os.geteuid() == 0:
+            self._mount_quota(ids)
         make_dir(self.scratch / "tmp", 0o700, ids)
+
+    def _mount_quota(self, ids: tuple[int, int] | None) -> None:
+        """Make the scratch directory a tmpfs of ``max_disk_mb``: the guest may write only
+        there, so this bounds all it can write (its pages count against its memory cgroup
+        where it has one)."""
+        assert self.scratch is not None
+        uid = os.geteuid() if ids is None else ids[0]
+        options = (f"size={self.max_disk_mb}m,mode=0770,uid={uid},gid=0,nosuid,nodev")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "rlm-scratch",
+                               str(self.scratch)], capture_output=True, text=True,
+                              timeout=30, check=False)
+        if done.returncode != 0:
+            raise EnvStartError(f"{self.name}: cannot bound the scratch directory to "
+                                f"{self.max_disk_mb} MB ({done.stderr.strip()}); pass "
+                                "max_disk_mb=None to run without a disk limit")
+        self._quota_mounted = True
 
     def _spawn(self) -> None:
         assert self.scratch is not None
@@ -423,14 +450,31 @@ class ProcessEnvironment(Environment):
                 proc.stdin.close()
 
     def close(self) -> None:
+        """Stop the process and remove everything; each step runs even when an earlier one
+        was cut short (a second Ctrl-C), since a closed environment is not closed again."""
         if self._closed:
             return
         self._closed = True
-        if self._proc is not None:
-            with contextlib.suppress(Exception):
-                self._roundtrip({"type": "shutdown"}, 2.0)
-            self._kill()
-        if self._server is not None:
-            self._server.close()
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            if self._proc is not None:
+                try:
+                    with contextlib.suppress(Exception):
+                        self._roundtrip({"type": "shutdown"}, 2.0)
+                finally:
+                    self._kill()
+        finally:
+            try:
+                if self._server is not None:
+                    self._server.close()
+            finally:
+                self._remove_dirs()
+
+    def _remove_dirs(self) -> None:
+        try:
+            if self._quota_mounted and self.scratch is not None:
+                subprocess.run(["umount", "--lazy", str(self.scratch)], capture_output=True,
+                               timeout=30, check=False)
+                self._quota_mounted = False
+        finally:
+            if self.home is not None:
+                shutil.rmtree(self.home, ignore_errors=True)

@@ -65,8 +65,9 @@ def _encode(name: str, value: Any, owner: str) -> tuple[str, int, Iterator[bytes
     whole."""
     if isinstance(value, str):
         size = len(value) if value.isascii() else sum(
-            len(value[i:i + _CHUNK].encode("utf-8")) for i in range(0, len(value), _CHUNK))
-        return "text", size, (value[i:i + _CHUNK].encode("utf-8")
+            len(value[i:i + _CHUNK].encode("utf-8", "surrogatepass"))
+            for i in range(0, len(value), _CHUNK))
+        return "text", size, (value[i:i + _CHUNK].encode("utf-8", "surrogatepass")
                               for i in range(0, len(value), _CHUNK))
     if isinstance(value, bytes | bytearray | memoryview):
         data = memoryview(value).cast("B")
@@ -75,7 +76,7 @@ def _encode(name: str, value: Any, owner: str) -> tuple[str, int, Iterator[bytes
     if isinstance(value, FolderContext):
         value = dict(value.items())
     try:
-        text = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
     except (TypeError, ValueError) as exc:
         raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} cannot be "
                        "sent to a sandbox (use str, bytes, list, dict)") from exc
@@ -293,6 +294,19 @@ class RemoteEnvironment(Environment):
             reply = self._post("/exec", {"code": code, "timeout_s": limit},
                                limit + self.grace_s + 30.0)
         return ExecResult.from_dict(reply)
+
+    def interrupt(self) -> None:
+        """Stop the block under way: ``POST /interrupt`` to the broker, from a thread of its
+        own (the caller's thread waits in ``execute``)."""
+        client = self._client
+        if client is None:
+            return
+
+        def send() -> None:
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                client.post("/interrupt", json={}, timeout=10.0)
+
+        threading.Thread(target=send, name=f"rlm-{self.name}-interrupt", daemon=True).start()
 
     def close(self) -> None:
         if self._closed:

@@ -76,6 +76,7 @@ class SandboxEnvironment(ProcessEnvironment):
     use_unix_socket = True
     guest_root = GUEST_ROOT
     guest_control = GUEST_CONTROL
+    scratch_quota = True
 
     def __init__(self, *, uid: int | None = None, cgroups: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -147,10 +148,12 @@ class SandboxEnvironment(ProcessEnvironment):
             self.cgroups = _make_cgroups(self.limits) if self.use_cgroups else []
 
     def close(self) -> None:
-        super().close()
-        for path in self.cgroups or []:
-            _remove_cgroup(path)
-        self.cgroups = []
+        try:
+            super().close()
+        finally:
+            for path in self.cgroups or []:
+                _remove_cgroup(path)
+            self.cgroups = []
 
 
 def _probe() -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
 from rlm.trace.events import TraceEvent
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["JsonlSink", "MemorySink", "MultiSink", "NullSink", "TraceSink", "redact"]
 
@@ -191,13 +195,27 @@ class JsonlSink:
         line = _escape_surrogates(line)
         with self._lock:
             if self._file is not None:
-                self._file.write(line + "\n")
-                self._file.flush()
+                try:
+                    self._file.write(line + "\n")
+                    self._file.flush()
+                except OSError as exc:  # a full disk must not end the run: stop writing
+                    self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        """Stop writing after a write failed (the run goes on; its trace stays in memory)."""
+        _log.warning("trace file %s: %s; no more events are written to it", self.path, exc)
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError):
+            if file is not None:
+                file.close()
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError as exc:
+                    _log.warning("trace file %s: %s", self.path, exc)
                 self._file = None
 
 
