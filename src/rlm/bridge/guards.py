@@ -21,8 +21,9 @@ from typing import Any
 __all__ = ["guarded_builtins", "reset", "snapshot"]
 
 
-class _GuardedOS(types.ModuleType):
-    """``os`` as model code sees it: ``_exit``, ``abort`` and signals to this process raise."""
+class _Guarded(types.ModuleType):
+    """A module as model code sees it: the real one, but for the functions a subclass
+    overrides (reads and writes of every other attribute go to the real module)."""
 
     def __init__(self, real: types.ModuleType) -> None:
         super().__init__(real.__name__, real.__doc__)
@@ -33,6 +34,10 @@ class _GuardedOS(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.__dict__["_real"], name, value)
+
+
+class _GuardedOS(_Guarded):
+    """``os`` as model code sees it: ``_exit``, ``abort`` and signals to this process raise."""
 
     def _exit(self, code: int = 0) -> None:
         real = self.__dict__["_real"]
@@ -57,19 +62,9 @@ class _GuardedOS(types.ModuleType):
         real.killpg(pgid, sig)
 
 
-class _GuardedSignal(types.ModuleType):
+class _GuardedSignal(_Guarded):
     """``signal`` as model code sees it: no signal raised at this process's own threads, and
     no timer whose signal would end it (one with a Python handler installed is fine)."""
-
-    def __init__(self, real: types.ModuleType) -> None:
-        super().__init__(real.__name__, real.__doc__)
-        self.__dict__["_real"] = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_real"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.__dict__["_real"], name, value)
 
     @staticmethod
     def raise_signal(signalnum: int) -> None:
