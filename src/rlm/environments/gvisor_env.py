@@ -143,7 +143,11 @@ def _probe() -> str:
 def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: list[str],
                   links: list[tuple[str, str]], scratch: Path, control: Path,
                   tmpfs_mb: int) -> None:
-    """An OCI bundle: an empty root (mount points and symlinks only) and ``config.json``."""
+    """An OCI bundle: an empty root (mount points and symlinks only) and ``config.json``.
+
+    Everything the guest needs is a mount, applied in order: the venv's interpreter too
+    (bound onto its path), so that a venv under ``/tmp`` shows through the ``/tmp`` tmpfs.
+    """
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True)
 
@@ -168,9 +172,9 @@ def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: lis
     for path in [*binds, *(p for p in _ETC if os.path.exists(p))]:
         mounts.append({"destination": path, "type": "bind", "source": path,
                        "options": ["rbind", "ro"]})
-    for target, dest in links:
-        inside(dest).parent.mkdir(parents=True, exist_ok=True)
-        inside(dest).symlink_to(target)
+    for target, dest in links:  # a bind, not a symlink in the root: /tmp is a tmpfs above it
+        mounts.append({"destination": dest, "type": "bind", "source": os.path.realpath(target),
+                       "options": ["rbind", "ro"]})
     mounts.append({"destination": GUEST_ROOT, "type": "bind", "source": str(scratch),
                    "options": ["rbind", "rw"]})
     mounts.append({"destination": GUEST_CONTROL, "type": "bind", "source": str(control),
