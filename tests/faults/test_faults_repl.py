@@ -135,7 +135,10 @@ def test_a_hung_block_is_stopped_at_a_share_of_the_time_left(name, make_env, tmp
     hung = code_execs(events)[0]
     assert hung["error"].startswith("TimeoutError"), hung["error"]
     # stopped at about half the time left, never after all of it
-    assert 0.9 < hung["elapsed_s"] < max_timeout * 0.5 + 2.0, hung["elapsed_s"]
+    # Half the time left, plus the kill and restart of the REPL (seconds for gvisor on a
+    # busy machine), and in any case before the deadline the block alone would have used.
+    bound = min(max_timeout * 0.5 + 5.0, max_timeout - 0.5)
+    assert 0.9 < hung["elapsed_s"] < bound, hung["elapsed_s"]
 
 
 # -- out of memory ---------------------------------------------------------------------------
