@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rlm.core.tools import Tool
+from rlm.trace.preview import head_and_tail
 from rlm.types import ExecResult
 
 __all__ = [
@@ -181,11 +182,7 @@ def first_user_message(
 
 def truncate(text: str, limit: int) -> str:
     """Cut ``text`` to about ``limit`` characters, keeping head and tail, with a marker."""
-    if len(text) <= limit:
-        return text
-    half = max(1, limit // 2)
-    return (f"{text[:half]}\n... [output truncated: {len(text) - 2 * half:,} of "
-            f"{len(text):,} characters not shown] ...\n{text[-half:]}")
+    return head_and_tail(text, limit, "output truncated", "not shown")
 
 
 _NOTHING = {"", "0", "[]", "{}", "()", "None", "set()"}

@@ -58,6 +58,11 @@ class _Interrupted(Exception):
     """The wait for a reply was cut short by ``interrupt``."""
 
 
+def _result(reply: dict[str, Any]) -> ExecResult:
+    """A ``result`` frame as an ``ExecResult``; ``ValueError`` when it is malformed."""
+    return ExecResult.from_dict({k: v for k, v in reply.items() if k != "type"})
+
+
 class ProcessEnvironment(Environment):
     """A runner process per REPL.
 
@@ -377,9 +382,7 @@ class ProcessEnvironment(Environment):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGINT)
             try:
-                reply = self._expect("result", self.interrupt_grace_s)
-                reply.pop("type", None)
-                result = ExecResult.from_dict(reply)
+                result = _result(self._expect("result", self.interrupt_grace_s))
             except (TimeoutError, ProcessLookupError, EnvError, ValueError):
                 self._kill()  # the next use starts a new REPL
                 result = ExecResult()
@@ -419,9 +422,8 @@ class ProcessEnvironment(Environment):
             except EnvError as exc:  # an out-of-turn frame: the channel cannot be trusted
                 problem = str(exc)
             else:
-                reply.pop("type", None)
                 try:
-                    return ExecResult.from_dict(reply)
+                    return _result(reply)
                 except ValueError as exc:
                     problem = str(exc)
             self._restart()

@@ -12,20 +12,26 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["PREVIEW_CHARS", "preview", "preview_fields", "sha256_text"]
+__all__ = ["PREVIEW_CHARS", "head_and_tail", "preview", "preview_fields", "sha256_text"]
 
 #: The longest string an event field keeps whole.
 PREVIEW_CHARS = 100_000
 _HASH_PIECE = 1 << 20
 
 
-def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
-    """``text`` itself, or its head and tail around a marker when longer than ``limit``."""
+def head_and_tail(text: str, limit: int, label: str, fate: str) -> str:
+    """``text`` itself, or when longer than ``limit`` its head and tail around a marker
+    ``[label: N of M characters fate]``."""
     if len(text) <= limit:
         return text
     half = max(1, limit // 2)
-    return (f"{text[:half]}\n... [trace preview: {len(text) - 2 * half:,} of {len(text):,} "
-            f"characters not stored] ...\n{text[-half:]}")
+    return (f"{text[:half]}\n... [{label}: {len(text) - 2 * half:,} of {len(text):,} "
+            f"characters {fate}] ...\n{text[-half:]}")
+
+
+def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """``text`` itself, or its head and tail around a marker when longer than ``limit``."""
+    return head_and_tail(text, limit, "trace preview", "not stored")
 
 
 def sha256_text(text: str) -> str:
