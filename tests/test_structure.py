@@ -29,6 +29,93 @@ def test_import_rlm_is_light():
         assert heavy not in loaded, heavy
 
 
+#: The packages from the bottom up.  A module may import its own package and the tiers
+#: below its own, never a tier above nor a sibling in the same tier (docs/concepts.md).
+RANKS: list[set[str]] = [
+    {"errors"},
+    {"types", "config"},
+    {"context", "trace"},
+    {"backends", "bridge", "result"},
+    {"tools"},  # checks tool names against the REPL's own (bridge.guest)
+    {"environments"},
+    {"core", "registry"},  # core never looks a backend or environment up by name
+    {"api"},
+    {"rlm"},  # the package's __init__: the public names
+    {"bench"},
+    {"cli"},
+]
+TIER = {unit: rank for rank, units in enumerate(RANKS) for unit in units}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _unit(module: str) -> str:
+    """The package (or top-level module) a module of rlm belongs to."""
+    parts = module.split(".")
+    return "rlm" if len(parts) == 1 else parts[1]
+
+
+def _rlm_imports(path: Path) -> list[tuple[str, int]]:
+    """Every ``rlm`` module imported anywhere in ``path`` (top level, in functions, under
+    TYPE_CHECKING), resolved from relative form, with its line."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base]).strip(".")
+            found += [(f"{base}.{alias.name}" if base == "rlm" else base, node.lineno)
+                      for alias in node.names]
+    return [(name, line) for name, line in found if name.split(".")[0] == "rlm"]
+
+
+def test_every_package_has_a_rank():
+    units = {_unit(_module_name(path)) for path in SRC.rglob("*.py")}
+    assert units == set(TIER), units ^ set(TIER)
+
+
+def test_imports_point_down_the_ranks():
+    wrong = []
+    for path in SRC.rglob("*.py"):
+        importer = _unit(_module_name(path))
+        for name, line in _rlm_imports(path):
+            imported = _unit(name) if name != "rlm" else "rlm"
+            if name.startswith("rlm.") and name.split(".")[1] not in TIER and name != "rlm":
+                imported = "rlm"  # ``from rlm import X`` of a public name
+            if imported != importer and TIER[imported] >= TIER[importer]:
+                wrong.append(f"{path.relative_to(SRC)}:{line} ({importer}) imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_modules_import_no_cycle():
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        graph[_module_name(path)] = {name for name, _ in _rlm_imports(path)}
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, trail: list[str]) -> None:
+        seen[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if target not in graph or target == module:
+                continue
+            assert seen.get(target) != 1, " -> ".join([*trail, module, target])
+            if target not in seen:
+                visit(target, [*trail, module])
+        seen[module] = 2
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module, [])
+
+
 def _imports(path: Path) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -32,13 +32,13 @@ from rlm.errors import (
     UnknownEnvironmentError,
     UnknownModelError,
 )
+from rlm.result import RLMResult
 from rlm.types import (
     Answer,
     Completion,
     CompletionRequest,
     ExecResult,
     ModelUsage,
-    RLMResult,
 )
 
 __version__ = "0.1.0"

@@ -17,11 +17,11 @@ from rlm.core.engine import Engine, EngineConfig, Session
 from rlm.core.limits import Limits
 from rlm.core.loop import LoopConfig
 from rlm.core.routing import ModelRouter
-from rlm.core.tools import Tool, ToolSpec, make_tools, shipped_tools
 from rlm.environments.base import Environment
 from rlm.errors import ConfigError
+from rlm.result import RLMResult
+from rlm.tools import Tool, ToolSpec, make_tools, shipped_tools
 from rlm.trace.sinks import JsonlSink, MultiSink, NullSink, TraceSink
-from rlm.types import RLMResult
 
 __all__ = ["RLM"]
 
@@ -71,7 +71,7 @@ class RLM:
       ``max_tokens``, ``max_errors``: limits shared by the whole call tree (see ``Limits``).
     - ``tools``: extra functions for the REPL, ``{"name": function}`` or ``{"name": "code
       that defines name"}``; outside the ``local`` environment a function travels as its
-      source, so it must be self-contained (see ``rlm.core.tools``).
+      source, so it must be self-contained (see ``rlm.tools``).
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
     - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
       may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).

@@ -1,11 +1,16 @@
-"""Where rlm keeps per-user files: the user directory (``RLM_USER_PATH`` overrides it)."""
+"""Settings read from the machine: the user directory (``RLM_USER_PATH`` overrides it) and
+the command line's default backend."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["USER_PATH_ENV", "user_dir"]
+__all__ = ["DEFAULT_BACKEND", "USER_PATH_ENV", "user_dir"]
+
+#: The backend ``rlm run`` and ``rlm bench`` use when ``-b`` is not given: the embedded
+#: model, so the command line works offline with no key.  Change it here only.
+DEFAULT_BACKEND = "local"
 
 #: The environment variable that moves the user directory (as llm's ``LLM_USER_PATH``).
 USER_PATH_ENV = "RLM_USER_PATH"

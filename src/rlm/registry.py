@@ -40,14 +40,14 @@ _ENVIRONMENTS: dict[str, Any] = {
     "subprocess": "rlm.environments.subprocess_env:SubprocessEnvironment",
     "pyodide": "rlm.environments.pyodide_env:PyodideEnvironment",
     "docker": "rlm.environments.docker_env:DockerEnvironment",
-    "remote-local": "rlm.environments.remote:LocalRemoteEnvironment",
+    "remote-local": "rlm.environments.remote_local:LocalRemoteEnvironment",
     "modal": "rlm.environments.modal_env:ModalEnvironment",
     "e2b": "rlm.environments.e2b_env:E2BEnvironment",
     "daytona": "rlm.environments.daytona_env:DaytonaEnvironment",
     "prime": "rlm.environments.prime_env:PrimeEnvironment",
-    "ipython": "rlm.environments.kernel:IPythonEnvironment",
+    "ipython": "rlm.environments.ipython:IPythonEnvironment",
     "sandbox": "rlm.environments.sandbox:SandboxEnvironment",
-    "gvisor": "rlm.environments.gvisor_env:GVisorEnvironment",
+    "gvisor": "rlm.environments.gvisor:GVisorEnvironment",
 }
 #: The extra that provides a built-in whose import fails.
 _EXTRAS: dict[str, str] = {}

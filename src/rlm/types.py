@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from rlm.errors import BadResponseError
-
-if TYPE_CHECKING:
-    from rlm.trace.tree import TraceNode
 
 __all__ = [
     "MAX_COST_PER_CALL_USD",
@@ -20,13 +18,18 @@ __all__ = [
     "Completion",
     "CompletionRequest",
     "ExecResult",
+    "HostCall",
     "Message",
     "ModelUsage",
     "NodeRef",
-    "RLMResult",
     "StopReason",
     "check_usage",
+    "estimate_tokens",
 ]
+
+HostCall = Callable[[dict[str, Any]], dict[str, Any]]
+"""Sends one REPL request (``llm_query``, ``rlm_query``, ``budget``...) to the host's LM
+handler and returns its reply; see ``rlm.bridge.guest`` for the messages."""
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
@@ -274,46 +277,6 @@ class ExecResult:
         )
 
 
-@dataclass
-class RLMResult:
-    """The result of ``RLM.completion()``: always this type, whatever happened.
-
-    ``response`` is the final answer, or the best answer available when a limit stopped the
-    run (``stop_reason`` says which).  ``usage`` and ``cost_usd`` cover the WHOLE call tree;
-    ``trace`` is the tree of calls (``rlm.trace.TraceNode``).
-    """
-
-    response: str
-    stop_reason: StopReason
-    cost_usd: float
-    usage: dict[str, ModelUsage]
-    iterations: int
-    elapsed_s: float
-    trace: TraceNode
-    run_id: str
-    trace_path: str | None = None
-    answer_source: str | None = None
-
-    @property
-    def input_tokens(self) -> int:
-        return sum(u.input_tokens for u in self.usage.values())
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(u.output_tokens for u in self.usage.values())
-
-    def __str__(self) -> str:
-        return self.response
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "response": self.response,
-            "stop_reason": self.stop_reason,
-            "cost_usd": self.cost_usd,
-            "usage": {name: u.to_dict() for name, u in self.usage.items()},
-            "iterations": self.iterations,
-            "elapsed_s": self.elapsed_s,
-            "run_id": self.run_id,
-            "trace_path": self.trace_path,
-            "answer_source": self.answer_source,
-        }
+def estimate_tokens(chars: int) -> int:
+    """A rough token count for ``chars`` characters of text (4 characters per token)."""
+    return math.ceil(chars / 4)

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from rlm.bench.runner import read_rows
 from rlm.bench.tasks import make_instance
-from rlm.cli import DEFAULT_BACKEND, cli
+from rlm.cli import cli
 from rlm.cli.bench import parse_lengths
+from rlm.config import DEFAULT_BACKEND
 from tests.conftest import repl
 
 
@@ -63,7 +64,7 @@ def test_parse_lengths():
 
 def test_bench_uses_the_cli_default_backend(cli_runner, tmp_path, monkeypatch):
     assert DEFAULT_BACKEND == "local"
-    monkeypatch.setattr("rlm.cli.DEFAULT_BACKEND", "no-such-backend")
+    monkeypatch.setattr("rlm.config.DEFAULT_BACKEND", "no-such-backend")
     result = cli_runner.invoke(cli, ["bench", "--no-progress", "-t", "niah", "--out",
                                      str(tmp_path / "r.jsonl")])
     assert result.exit_code == 2

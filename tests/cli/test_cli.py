@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlm.cli import DEFAULT_BACKEND, cli
+from rlm.cli import cli
+from rlm.config import DEFAULT_BACKEND
 from tests.conftest import repl
 from tests.fakes.openai_server import FakeOpenAIServer
 

@@ -13,14 +13,15 @@ import pytest
 
 from rlm import RLM, Environment, ExecResult
 from rlm.bridge.guest import SETTINGS_NAME, GuestRuntime
-from rlm.bridge.handler import LMHandler
+from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
 from rlm.core.routing import ModelRouter
 from rlm.environments.local import LocalEnvironment
 from rlm.errors import BackendError, ConfigError, EnvError
+from rlm.result import RLMResult
 from rlm.trace.sinks import MemorySink
 from rlm.trace.tracer import Tracer
-from rlm.types import Answer, NodeRef, RLMResult
+from rlm.types import Answer, NodeRef
 from tests.conftest import repl
 
 BIG = 200_000_000  # characters: the size of the review's example

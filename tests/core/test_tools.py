@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from rlm import RLM
-from rlm.core.tools import make_tools, shipped_tools
 from rlm.errors import ConfigError
+from rlm.tools import make_tools, shipped_tools
 from tests.conftest import repl
 
 STOP = ("the", "a")

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from rlm import RLM, registry
-from rlm.core.tools import make_tools
 from rlm.errors import EnvStartError
+from rlm.tools import make_tools
 from tests.conftest import repl
 from tests.environments.conftest import TIMEOUT_ENVIRONMENTS
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlm.environments.gvisor_env import GVisorEnvironment, _write_bundle
+from rlm.environments.gvisor import GVisorEnvironment, _write_bundle
 from tests.environments.conftest import require_available
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from rlm.environments.base import Environment
 from rlm.errors import RLMError
-from rlm.types import RLMResult
+from rlm.result import RLMResult
 from tests.conftest import repl
 
 __all__ = ["STARTED", "Ran", "Script", "after", "bounded", "check_trace", "code_execs",

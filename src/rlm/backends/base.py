@@ -7,9 +7,8 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from rlm.core.limits import estimate_tokens
 from rlm.errors import MissingKeyError
-from rlm.types import Completion, CompletionRequest
+from rlm.types import Completion, CompletionRequest, estimate_tokens
 
 __all__ = ["LMBackend", "resolve_key"]
 

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from rlm.backends.base import LMBackend, resolve_key
-from rlm.core.limits import estimate_tokens
 from rlm.errors import (
     BackendConnectionError,
     BackendError,
@@ -31,7 +30,7 @@ from rlm.errors import (
     ConfigError,
     RateLimitError,
 )
-from rlm.types import Completion, CompletionRequest
+from rlm.types import Completion, CompletionRequest, estimate_tokens
 
 __all__ = ["LOCAL_HOSTS", "PRESETS", "PRICES_PER_MTOK", "OpenAIBackend"]
 

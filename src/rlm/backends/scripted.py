@@ -9,9 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlm.backends.base import LMBackend
-from rlm.core.limits import estimate_tokens
 from rlm.errors import BadResponseError, Cancelled, ConfigError
-from rlm.types import Completion, CompletionRequest, Message
+from rlm.types import Completion, CompletionRequest, Message, estimate_tokens
 
 __all__ = ["ScriptedBackend"]
 

@@ -7,7 +7,7 @@ reaches the host through one function, ``call(message) -> reply`` (in-process fo
 local environment, a socket or an HTTP broker elsewhere).  Requests are
 ``{"op": "llm_query" | "llm_query_batched" | "rlm_query" | "rlm_query_batched" | "budget",
 ...}``; replies carry ``text``, ``results`` (one ``{text}`` or ``{error}`` per slot),
-``remaining``, or ``error: {type, message}`` (see ``rlm.bridge.handler.LMHandler.handle``).
+``remaining``, or ``error: {type, message}`` (see ``rlm.core.handler.LMHandler.handle``).
 
 Bounds, applied here so that nothing larger ever leaves the REPL: a final answer longer
 than ``max_answer_chars`` is refused (``FINAL``/``FINAL_VAR`` raise ``AnswerTooLong`` in the

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.bridge import protocol
-from rlm.environments.base import HostCall
+from rlm.types import HostCall
 
 __all__ = ["LMServer"]
 

@@ -14,12 +14,13 @@ from typing import Any
 import click
 
 import rlm
+from rlm.cli.bench import bench
+from rlm.cli.demo import demo
+from rlm.cli.listing import backends, envs, trace
+from rlm.cli.run import run
 from rlm.errors import RLMError
 
-__all__ = ["DEFAULT_BACKEND", "cli", "main"]
-
-#: The backend ``rlm run`` uses when ``-b`` is not given.  Change it here only.
-DEFAULT_BACKEND = "local"
+__all__ = ["cli", "main"]
 
 
 def _debug() -> bool:
@@ -66,16 +67,10 @@ def cli() -> None:
     """Recursive Language Models: answer questions over inputs of any size."""
 
 
+for _command in (run, bench, demo, backends, envs, trace):
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``rlm`` console script (exits the process with the command's status)."""
     cli.main(args=argv, prog_name="rlm")
-
-
-# Imported last: the commands read DEFAULT_BACKEND from this module.
-from rlm.cli.bench import bench  # noqa: E402
-from rlm.cli.demo import demo  # noqa: E402
-from rlm.cli.listing import backends, envs, trace  # noqa: E402
-from rlm.cli.run import run  # noqa: E402
-
-for _command in (run, bench, demo, backends, envs, trace):
-    cli.add_command(_command)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-import rlm.cli
+from rlm import config as rlm_config
 from rlm.errors import ConfigError
 
 __all__ = ["bench", "parse_lengths"]
@@ -117,7 +117,7 @@ def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backen
     from rlm.bench.runner import run
     from rlm.bench.tasks import TASKS
 
-    name = backend or ("scripted" if script else rlm.cli.DEFAULT_BACKEND)
+    name = backend or ("scripted" if script else rlm_config.DEFAULT_BACKEND)
     kwargs = _backend_kwargs(name, model, base_url, backend_options, script)
     config = MethodConfig(window_tokens=window, max_iterations=max_iterations,
                           max_timeout=max_timeout)

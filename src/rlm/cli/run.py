@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-import rlm.cli
+from rlm import config
 from rlm.api import RLM
 from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded, RLMError
-from rlm.types import RLMResult
+from rlm.result import RLMResult
 
 __all__ = ["execute", "run"]
 
@@ -49,7 +49,7 @@ def _context(spec: str | None) -> Any:
 
 def _build(options: dict[str, Any]) -> RLM:
     script: Path | None = options["script"]
-    backend = options["backend"] or ("scripted" if script else rlm.cli.DEFAULT_BACKEND)
+    backend = options["backend"] or ("scripted" if script else config.DEFAULT_BACKEND)
     backend_kwargs: dict[str, Any] = {}
     if options["model"]:
         backend_kwargs["model"] = options["model"]

@@ -23,20 +23,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlm.bridge.guest import SETTINGS_NAME
-from rlm.bridge.handler import LMHandler
+from rlm.context import describe_context, load_context
 from rlm.core import prompts
-from rlm.core.context import describe_context, load_context
+from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
 from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
 from rlm.core.routing import ModelRouter
-from rlm.core.tools import Tool
-from rlm.environments.base import Environment, HostCall
+from rlm.environments.base import Environment
 from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
+from rlm.result import RLMResult
+from rlm.tools import Tool
 from rlm.trace.preview import preview_fields
 from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
 from rlm.trace.tracer import Tracer
 from rlm.trace.tree import build_tree
-from rlm.types import Answer, ExecResult, Message, NodeRef, RLMResult
+from rlm.types import Answer, ExecResult, HostCall, Message, NodeRef
 
 __all__ = ["Engine", "EngineConfig", "Session"]
 

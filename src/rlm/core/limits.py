@@ -355,8 +355,3 @@ def _estimate(value: Any, cap: float) -> float:
     if math.isnan(number) or number <= 0:
         return 0.0
     return min(number, cap)
-
-
-def estimate_tokens(chars: int) -> int:
-    """A rough token count for ``chars`` characters of text (4 characters per token)."""
-    return math.ceil(chars / 4)

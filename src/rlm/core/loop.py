@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.bridge.guest import MAX_ANSWER_CHARS
-from rlm.bridge.handler import cap_answer
 from rlm.core import prompts
+from rlm.core.handler import cap_answer
 from rlm.core.limits import Budget
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
 from rlm.errors import Cancelled, LimitExceeded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rlm.core.tools import Tool
+from rlm.tools import Tool
 from rlm.trace.preview import head_and_tail
 from rlm.types import ExecResult
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rlm.core.tools import Tool
-from rlm.types import ExecResult
+from rlm.tools import Tool
+from rlm.types import ExecResult, HostCall
 
 __all__ = ["Environment", "HostCall"]
-
-HostCall = Callable[[dict[str, Any]], dict[str, Any]]
-"""Sends one REPL request (``llm_query``, ``rlm_query``, ``budget``...) to the host's LM
-handler and returns its reply; see ``rlm.bridge.guest`` for the messages."""
 
 
 class Environment(ABC):
@@ -22,7 +18,7 @@ class Environment(ABC):
     Lifecycle:
     1. create it (cheap: no process is started);
     2. ``start(call, tools)``: start the REPL; ``call`` reaches the host's LM handler,
-       ``tools`` are the user's tools to expose (``rlm.core.tools.Tool``: an environment
+       ``tools`` are the user's tools to expose (``rlm.tools.Tool``: an environment
        in the host process may call ``tool.function``; any other runs ``tool.source``,
        see ``shipped_tools``); calling it again does nothing;
     3. ``set_variable(name, value)`` any number of times (``context`` first);

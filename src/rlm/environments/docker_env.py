@@ -35,10 +35,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rlm.core.tools import Tool
-from rlm.environments.base import HostCall
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
+from rlm.tools import Tool
+from rlm.types import HostCall
 
 __all__ = ["DockerEnvironment", "build_image", "default_image", "engine_error"]
 

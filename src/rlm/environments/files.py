@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rlm.core.context import FolderContext
+from rlm.context import FolderContext
 from rlm.errors import EnvError
 
 __all__ = ["RUNNER_FILES", "free_uid", "make_dir", "ship_runner", "write_file", "write_value"]

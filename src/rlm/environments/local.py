@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlm.bridge.guest import GuestRuntime
-from rlm.core.tools import Tool, in_process_tools
-from rlm.environments.base import Environment, HostCall
+from rlm.environments.base import Environment
 from rlm.environments.cells import CellThread
 from rlm.errors import EnvError, EnvStartError
-from rlm.types import ExecResult
+from rlm.tools import Tool, in_process_tools
+from rlm.types import ExecResult, HostCall
 
 __all__ = ["LocalEnvironment"]
 

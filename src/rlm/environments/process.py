@@ -38,16 +38,14 @@ from typing import Any
 
 from rlm.bridge import protocol
 from rlm.bridge.tcp import LMServer
-from rlm.core.tools import Tool, shipped_tools
-from rlm.environments.base import Environment, HostCall
+from rlm.environments.base import Environment
 from rlm.environments.files import make_dir, ship_runner, write_value
+from rlm.environments.layout import SAFE_ENV
 from rlm.errors import EnvError, EnvStartError
-from rlm.types import ExecResult
+from rlm.tools import Tool, shipped_tools
+from rlm.types import ExecResult, HostCall
 
 __all__ = ["ProcessEnvironment"]
-
-_SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 #: Put in a reply queue to wake the thread waiting on it (see ``interrupt``).
@@ -177,7 +175,7 @@ class ProcessEnvironment(Environment):
 
     def process_env(self) -> dict[str, str]:
         assert self.scratch is not None
-        return {**_SAFE_ENV, "HOME": self.guest_path(self.scratch),
+        return {**SAFE_ENV, "HOME": self.guest_path(self.scratch),
                 "TMPDIR": self.guest_path(self.scratch / "tmp"),
                 "RLM_LIMITS": json.dumps(self.limits)}
 

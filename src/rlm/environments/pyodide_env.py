@@ -30,11 +30,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rlm.core.tools import Tool
-from rlm.environments.base import HostCall
 from rlm.environments.files import RUNNER_FILES, ship_runner
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError, MissingDependencyError
+from rlm.tools import Tool
+from rlm.types import HostCall
 
 __all__ = ["PYODIDE_VERSION", "PyodideEnvironment", "ensure_runtime", "runtime_dir"]
 

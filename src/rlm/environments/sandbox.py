@@ -16,16 +16,15 @@ import platform
 import secrets
 import shutil
 import signal
-import site
 import struct
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rlm.environments.files import free_uid, write_file
+from rlm.environments.layout import SYSTEM_DIRS, SYSTEM_FILES, python_layout
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
 
@@ -35,8 +34,6 @@ __all__ = ["GUEST_CONTROL", "GUEST_ROOT", "SandboxEnvironment"]
 GUEST_ROOT = "/sandbox"
 #: Where the control directory appears inside the sandbox, read-only.
 GUEST_CONTROL = "/rlm"
-_TOP = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr, or dirs
-_ETC = ("/etc/ld.so.cache", "/etc/localtime")
 _NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                "--unshare-cgroup-try")
 #: ``bwrap --die-with-parent`` kills the sandbox when the *thread* that started it ends
@@ -95,7 +92,7 @@ class SandboxEnvironment(ProcessEnvironment):
 
     def launch_command(self, runner: Path) -> list[str]:
         """``bwrap`` (inside the cgroups), then ``setpriv`` to ``uid`` when run as root."""
-        python, binds, links = _python_layout()
+        python, binds, links = python_layout()
         command = [_probe(), *_NAMESPACES, "--die-with-parent", "--new-session",
                    "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
                    "--ro-bind", "/usr", "/usr"]
@@ -105,14 +102,15 @@ class SandboxEnvironment(ProcessEnvironment):
                 command += ["--cap-add", cap]
         else:  # bwrap then needs a user namespace: the caller's own uid, no capability
             command += ["--unshare-user", "--disable-userns"]
-        for top in _TOP:
+        for top in SYSTEM_DIRS:
             if os.path.islink(top):
                 command += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 command += ["--ro-bind", top, top]
-        for parent in _parents([*_ETC, *binds, *(d for _, d in links)], ["/usr", *_TOP]):
+        shown = [*SYSTEM_FILES, *binds, *(d for _, d in links)]
+        for parent in _parents(shown, ["/usr", *SYSTEM_DIRS]):
             command += ["--perms", "0711", "--dir", parent]  # passable, not listable
-        for path in _ETC:
+        for path in SYSTEM_FILES:
             command += ["--ro-bind-try", path, path]
         for path in binds:
             command += ["--ro-bind", path, path]
@@ -201,23 +199,6 @@ def _seccomp_program() -> bytes:
     if audit == 0:  # an architecture this table does not know: allow everything
         program = [(ret, 0, 0, allow)]
     return b"".join(struct.pack("=HBBI", *op) for op in program)
-
-
-def _python_layout() -> tuple[str, list[str], list[tuple[str, str]]]:
-    """This interpreter inside: (executable, read-only binds, (target, symlink) pairs)."""
-    exe, real = os.path.abspath(sys.executable), os.path.realpath(sys.executable)
-    binds, links = [os.path.realpath(sys.base_prefix)], []
-    if sys.prefix != sys.base_prefix:  # a venv: its config and site-packages, not bin/
-        binds.append(os.path.join(sys.prefix, "pyvenv.cfg"))
-        binds += [path for path in site.getsitepackages()
-                  if path.startswith(sys.prefix + os.sep) and os.path.isdir(path)]
-        if exe != real:
-            links.append((real, exe))
-    else:
-        exe = real
-    if not any(real == path or real.startswith(path + os.sep) for path in [*binds, "/usr"]):
-        binds.append(real)
-    return exe, binds, links
 
 
 def _parents(paths: list[str], mounted: list[str]) -> list[str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rlm.environments.files import free_uid
-from rlm.environments.process import _SAFE_ENV, ProcessEnvironment
+from rlm.environments.layout import SAFE_ENV
+from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
 
 __all__ = ["SubprocessEnvironment"]
@@ -72,7 +73,7 @@ class SubprocessEnvironment(ProcessEnvironment):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([*self._as_uid(setpriv), "--inh-caps=-all", "--bounding-set=-all",
                             "kill", "-9", "-1"], capture_output=True, timeout=30,
-                           check=False, env=_SAFE_ENV)
+                           check=False, env=SAFE_ENV)
 
     def close(self) -> None:
         super().close()

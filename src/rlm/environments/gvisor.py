@@ -18,8 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from rlm.environments.layout import SYSTEM_DIRS, SYSTEM_FILES, python_layout
 from rlm.environments.process import ProcessEnvironment
-from rlm.environments.sandbox import _ETC, _TOP, GUEST_CONTROL, GUEST_ROOT, _python_layout
+from rlm.environments.sandbox import GUEST_CONTROL, GUEST_ROOT
 from rlm.errors import EnvStartError
 
 __all__ = ["GVisorEnvironment"]
@@ -85,7 +86,7 @@ class GVisorEnvironment(ProcessEnvironment):
             self._state = Path(tempfile.mkdtemp(prefix="rlm-runsc-"))
         self.container = f"rlm-{uuid.uuid4().hex[:12]}"
         bundle = self._state / self.container
-        python, binds, links = _python_layout()
+        python, binds, links = python_layout()
         argv = [python, "-E", "-s", "-B", "-u", self.guest_path(runner)]
         _write_bundle(bundle, argv, super().process_env(), binds, links, self.scratch,
                       self.control, self.tmpfs_mb)
@@ -163,13 +164,13 @@ def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: lis
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777", f"size={tmpfs_mb}m"]},
     ]
-    for top in _TOP:
+    for top in SYSTEM_DIRS:
         if os.path.islink(top):
             inside(top).symlink_to(os.readlink(top))
         elif os.path.isdir(top):
             mounts.append({"destination": top, "type": "bind", "source": top,
                            "options": ["rbind", "ro"]})
-    for path in [*binds, *(p for p in _ETC if os.path.exists(p))]:
+    for path in [*binds, *(p for p in SYSTEM_FILES if os.path.exists(p))]:
         mounts.append({"destination": path, "type": "bind", "source": path,
                        "options": ["rbind", "ro"]})
     for target, dest in links:  # a bind, not a symlink in the root: /tmp is a tmpfs above it

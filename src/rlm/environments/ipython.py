@@ -29,12 +29,12 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from rlm.bridge.tcp import LMServer
-from rlm.core.tools import Tool, shipped_tools
-from rlm.environments.base import Environment, HostCall
+from rlm.environments.base import Environment
 from rlm.environments.files import ship_runner, write_file, write_value
-from rlm.environments.process import _SAFE_ENV
+from rlm.environments.layout import SAFE_ENV
 from rlm.errors import EnvError, EnvStartError
-from rlm.types import ExecResult
+from rlm.tools import Tool, shipped_tools
+from rlm.types import ExecResult, HostCall
 
 __all__ = ["IPythonEnvironment"]
 
@@ -106,7 +106,7 @@ class IPythonEnvironment(Environment):
     ``max_processes``, ``max_file_mb``, no core dumps); as root the process limit is not
     enforced and the code may raise the limits again.  Does NOT isolate: files, the
     network, other processes of the same user.  Tools are defined in the kernel from their
-    code (see ``rlm.core.tools``).  Calls are serialised by a lock; make them from synchronous
+    code (see ``rlm.tools``).  Calls are serialised by a lock; make them from synchronous
     code or a worker thread, not from inside a running event loop.
     """
 
@@ -174,7 +174,7 @@ class IPythonEnvironment(Environment):
 
     def _kernel_env(self) -> dict[str, str]:
         assert self.scratch is not None
-        return {**_SAFE_ENV, "HOME": str(self.scratch), "TMPDIR": str(self.scratch / "tmp"),
+        return {**SAFE_ENV, "HOME": str(self.scratch), "TMPDIR": str(self.scratch / "tmp"),
                 "IPYTHONDIR": str(self.scratch / ".ipython"), "RLM_LIMITS": json.dumps(self.limits),
                 "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 

@@ -232,7 +232,7 @@ def test_close_leaves_no_process_port_or_file(remote):
 def test_a_broker_whose_host_dies_ends_and_removes_its_folder():
     host = subprocess.Popen(
         [sys.executable, "-c", "import json, time\n"
-         "from rlm.environments.remote import LocalRemoteEnvironment\n"
+         "from rlm.environments.remote_local import LocalRemoteEnvironment\n"
          "env = LocalRemoteEnvironment()\nenv.start(lambda message: {})\n"
          "print(json.dumps([env.pid, str(env.scratch)]), flush=True)\ntime.sleep(60)"],
         stdout=subprocess.PIPE, start_new_session=True)

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from rlm.environments.kernel import IPythonEnvironment
+from rlm.environments.ipython import IPythonEnvironment
 
 
 def host(message):

@@ -1,0 +1,56 @@
+"""The value ``RLM.completion()`` returns: the answer, usage, cost and the tree of calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlm.trace.tree import TraceNode
+from rlm.types import ModelUsage, StopReason
+
+__all__ = ["RLMResult"]
+
+
+@dataclass
+class RLMResult:
+    """The result of ``RLM.completion()``: always this type, whatever happened.
+
+    ``response`` is the final answer, or the best answer available when a limit stopped the
+    run (``stop_reason`` says which).  ``usage`` and ``cost_usd`` cover the WHOLE call tree;
+    ``trace`` is the tree of calls (``rlm.trace.TraceNode``).
+    """
+
+    response: str
+    stop_reason: StopReason
+    cost_usd: float
+    usage: dict[str, ModelUsage]
+    iterations: int
+    elapsed_s: float
+    trace: TraceNode
+    run_id: str
+    trace_path: str | None = None
+    answer_source: str | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(u.input_tokens for u in self.usage.values())
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(u.output_tokens for u in self.usage.values())
+
+    def __str__(self) -> str:
+        return self.response
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "response": self.response,
+            "stop_reason": self.stop_reason,
+            "cost_usd": self.cost_usd,
+            "usage": {name: u.to_dict() for name, u in self.usage.items()},
+            "iterations": self.iterations,
+            "elapsed_s": self.elapsed_s,
+            "run_id": self.run_id,
+            "trace_path": self.trace_path,
+            "answer_source": self.answer_source,
+        }
