@@ -23,7 +23,7 @@ REPLY = f"Step.\n```repl\n{CODE}\n```"
 def engine(iterations: int, tmp_trace: str | None) -> float:
     replies = [REPLY] * (iterations - 1) + ["```repl\nFINAL('done')\n```"]
     rlm = RLM(backend="scripted", backend_kwargs={"responses": replies},
-              max_iterations=iterations, trace_path=tmp_trace)
+              max_iterations=iterations, trace=tmp_trace)
     started = time.perf_counter()
     result = rlm.completion("x" * 10_000)
     elapsed = time.perf_counter() - started

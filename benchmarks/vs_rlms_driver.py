@@ -55,7 +55,7 @@ def build(spec: dict[str, Any]) -> Any:
                    max_depth=spec.get("max_depth", 1),
                    max_iterations=spec.get("max_iterations", 30),
                    max_concurrency=16,
-                   trace_path=os.path.join(trace_dir, "ours.jsonl") if trace_dir else None,
+                   trace=os.path.join(trace_dir, "ours.jsonl") if trace_dir else None,
                    **limits)
     from rlm.logger import RLMLogger
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 import re
 import time
 
-from rlm import RLM
-from rlm.backends.scripted import ScriptedBackend
-from rlm.types import Message
+from rlm import RLM, Message, ScriptedBackend
 
 CITIES = ["Lisbon", "Oslo", "Nairobi", "Lima", "Osaka", "Quito", "Perth", "Tunis", "Riga",
           "Hanoi"]

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import time
 
-from rlm import RLM
-from rlm.types import Message
+from rlm import RLM, Message
 
 
 def repl(code: str) -> str:

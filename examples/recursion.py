@@ -24,9 +24,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from rlm import RLM
-from rlm.trace import TraceNode
-from rlm.types import Message
+from rlm import RLM, Message, TraceNode
 
 REPORTS = {
     "north": "tea,120\ncoffee,340\ncocoa,45\n",

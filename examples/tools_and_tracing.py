@@ -5,8 +5,9 @@
   a separate process (``environment="subprocess"``), so the function travels as its code,
   with the ``RATES`` table it reads; a tool can also be given as code directly
   (``tools={"name": "def name(...): ..."}``).
-- ``trace_path=...`` appends one JSON object per event to a JSONL file.
-- ``rlm.trace.load(path)`` rebuilds the call tree (a ``TraceNode``) from that file.
+- ``trace="run.jsonl"`` appends one JSON object per event to a JSONL file (a directory
+  gets one file per call).
+- ``rlm.load_trace(path)`` (``rlm.trace.load``) rebuilds the call tree (a ``TraceNode``) from that file.
 
 The scripted model converts invoices to euros with the ``eur_rate`` tool and checks one
 figure with ``llm_query``.  The trace goes to a temporary folder (or to the path given as
@@ -25,8 +26,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from rlm import RLM
-from rlm.trace import load
+from rlm import RLM, load_trace
 
 RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}
 
@@ -63,7 +63,7 @@ SCRIPT = [
 def run(path: Path) -> None:
     with RLM(backend="scripted", backend_kwargs={"responses": SCRIPT, "cost_per_call": 0.001},
              environment="subprocess", tools={"eur_rate": eur_rate},
-             trace_path=path) as rlm:
+             trace=path) as rlm:
         result = rlm.completion("What do these invoices add up to, in euros?",
                                   context=INVOICES)
     print(f"response:    {result.response}")
@@ -74,7 +74,7 @@ def run(path: Path) -> None:
           "(one event per line)")
     print(f"event types: {dict(Counter(json.loads(line)['type'] for line in lines))}")
 
-    tree = load(path)  # the call tree of the last root run in the file
+    tree = load_trace(path)  # the call tree of the last root run in the file
     assert tree.run_id == result.run_id
     print(f"loaded tree: {tree.iterations} iterations, {len(tree.children)} child runs, "
           f"response {tree.response!r}")

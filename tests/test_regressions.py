@@ -104,7 +104,7 @@ def test_trace_file_grows_linearly(tmp_path):
         replies = [repl(f"print('turn {i}' * 20)") for i in range(turns - 1)]
         replies.append(repl("FINAL('done')"))
         RLM(backend="scripted", backend_kwargs={"responses": replies},
-            max_iterations=turns, trace_path=path).completion("x" * 1000)
+            max_iterations=turns, trace=path).completion("x" * 1000)
         return path.stat().st_size
 
     small, large = size(10), size(40)

@@ -6,7 +6,9 @@ the model read it with code and recursive sub-calls.  See ``docs/`` for the conc
 
 from rlm.api import RLM
 from rlm.backends.base import LMBackend
+from rlm.backends.scripted import ScriptedBackend
 from rlm.core.limits import Budget, Limits
+from rlm.core.loop import LoopConfig
 from rlm.environments.base import Environment
 from rlm.errors import (
     BackendConnectionError,
@@ -33,11 +35,14 @@ from rlm.errors import (
     UnknownModelError,
 )
 from rlm.result import RLMResult
+from rlm.trace import TraceNode, TraceSink
+from rlm.trace import load as load_trace
 from rlm.types import (
     Answer,
     Completion,
     CompletionRequest,
     ExecResult,
+    Message,
     ModelUsage,
 )
 
@@ -66,15 +71,21 @@ __all__ = [
     "LMBackend",
     "LimitExceeded",
     "Limits",
+    "LoopConfig",
+    "Message",
     "MissingDependencyError",
     "MissingKeyError",
     "ModelUsage",
     "RLMError",
     "RLMResult",
     "RateLimitError",
+    "ScriptedBackend",
     "TimeLimitExceeded",
     "TokenLimitExceeded",
+    "TraceNode",
+    "TraceSink",
     "UnknownBackendError",
     "UnknownEnvironmentError",
     "UnknownModelError",
+    "load_trace",
 ]

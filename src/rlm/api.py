@@ -6,51 +6,108 @@ import asyncio
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from rlm import registry
 from rlm.backends.base import LMBackend
-from rlm.bridge.guest import MAX_ANSWER_CHARS, RESERVED_NAMES
-from rlm.core.engine import Engine, EngineConfig, Session
+from rlm.core.engine import Engine, Session
 from rlm.core.limits import Limits
 from rlm.core.loop import LoopConfig
 from rlm.core.routing import ModelRouter
 from rlm.environments.base import Environment
 from rlm.errors import ConfigError
 from rlm.result import RLMResult
-from rlm.tools import Tool, ToolSpec, make_tools, shipped_tools
+from rlm.tools import ToolSpec, make_tools
 from rlm.trace.sinks import JsonlSink, MultiSink, NullSink, TraceSink
 
 __all__ = ["RLM"]
 
-BackendSpec = str | LMBackend
+BackendSpec = str | LMBackend | Mapping[str, Any]
 EnvironmentSpec = str | Environment | Callable[[], Environment]
+TraceTarget = str | os.PathLike[str] | TraceSink
+TraceSpec = TraceTarget | list[TraceTarget] | tuple[TraceTarget, ...]
 
 
-def _backend(spec: BackendSpec | None, kwargs: Mapping[str, Any] | None) -> LMBackend | None:
-    if spec is None:
-        return None
-    if isinstance(spec, LMBackend):
-        if kwargs:
-            raise ConfigError("backend_kwargs only apply when the backend is given by name")
-        return spec
+class LoopOptions(TypedDict, total=False):
+    """Keyword shortcuts for the fields of ``LoopConfig`` (``RLM(max_output_chars=...)``)."""
+
+    max_output_chars: int
+    max_answer_chars: int | None
+    max_output_tokens: int | None
+    sub_call_max_output_tokens: int | None
+    temperature: float | None
+    max_concurrency: int
+    extract_on_limit: bool
+    system_prompt: str | None
+    prompt_profile: str | None
+    sub_calls: bool
+    block_time_share: float
+
+
+#: Keywords of earlier releases: still accepted, with a DeprecationWarning.
+_RENAMED = {"trace_dir": "trace", "trace_path": "trace", "trace_sink": "trace",
+            "sub_backend_kwargs": "sub_backend"}
+_LOOP_FIELDS = frozenset(LoopOptions.__annotations__)
+
+
+def _environment_class(spec: EnvironmentSpec) -> Any:
+    """The class of the environment ``spec`` names, when known before a factory runs."""
     if isinstance(spec, str):
-        return registry.create_backend(spec, dict(kwargs or {}))
-    raise ConfigError(f"backend must be a registered name or an LMBackend, not {spec!r}")
+        return registry.get_environment_class(spec)
+    return type(spec) if isinstance(spec, Environment) else None
 
 
-def _check_tools_reach(tools: Mapping[str, Tool], environment: EnvironmentSpec) -> None:
-    """Fail now, not at the first completion, when a tool cannot reach the environment."""
-    if isinstance(environment, str):
-        cls = registry.get_environment_class(environment)
-    elif isinstance(environment, Environment):
-        cls = type(environment)
-    else:
-        return  # a factory: checked when it builds its environment
-    if not cls.in_process:
-        shipped_tools(tools, cls.name)
+def _environment_factory(spec: EnvironmentSpec,
+                         kwargs: Mapping[str, Any] | None) -> Callable[[], Environment]:
+    if isinstance(spec, str):
+        registry.get_environment_class(spec)  # fail now on an unknown name
+        return lambda: registry.create_environment(spec, dict(kwargs or {}))
+    if isinstance(spec, Environment):
+        cls = type(spec)
+        return lambda: cls(**dict(kwargs or {}))
+    if callable(spec):
+        return spec
+    raise ConfigError(f"environment must be a name, an Environment or a factory: {spec!r}")
+
+
+def _trace_targets(trace: TraceSpec | None, renamed: dict[str, Any]
+                   ) -> tuple[Path | None, Path | None, list[TraceSink]]:
+    """``(directory, file, sink)`` from ``trace=`` and the renamed keywords it replaces."""
+    for old in ("trace_dir", "trace_path", "trace_sink", "sub_backend_kwargs"):
+        if old in renamed:
+            new = ('sub_backend={"backend": name, **options}' if old == "sub_backend_kwargs"
+                   else "trace=...")
+            warnings.warn(f"RLM({old}=...) is deprecated and will be removed in the next "
+                          f"release; use {new}", DeprecationWarning, stacklevel=3)
+    given = [k for k in ("trace_dir", "trace_path", "trace_sink") if renamed.get(k) is not None]
+    if trace is not None and given:
+        raise ConfigError(f"give trace=, not also {given[0]}=")
+    if renamed.get("trace_dir") is not None and renamed.get("trace_path") is not None:
+        raise ConfigError("give trace_dir or trace_path, not both")
+    directory, file = renamed.get("trace_dir"), renamed.get("trace_path")
+    sinks = [renamed["trace_sink"]] if renamed.get("trace_sink") is not None else []
+    for target in trace if isinstance(trace, list | tuple) else [trace]:
+        if target is None:
+            continue
+        if isinstance(target, TraceSink):
+            sinks.append(target)
+            continue
+        if not isinstance(target, str | os.PathLike):
+            raise ConfigError(f"trace must be a directory, a file path or a TraceSink "
+                              f"(or a list of them), not {target!r}")
+        if directory is not None or file is not None:
+            raise ConfigError("trace= names at most one directory or file")
+        path = Path(target)
+        if path.is_dir() or (not path.exists() and not path.suffix):
+            directory = path
+        else:
+            file = path
+    return (None if directory is None else Path(directory),
+            None if file is None else Path(file), sinks)
 
 
 class RLM:
@@ -60,30 +117,33 @@ class RLM:
     may call sub-models from that code.  Arguments:
 
     - ``backend`` / ``backend_kwargs``: the root model, by registered name (``"openai"``,
-      ``"scripted"``, ...) with its options, or an ``LMBackend`` instance.
-    - ``sub_backend`` / ``sub_backend_kwargs``: the model for every call below the root
-      (``llm_query``, child RLMs); defaults to the root model.
-    - ``models``: more models that code can pick with ``llm_query(prompt, model="name")``:
-      ``{"name": LMBackend}`` or ``{"name": {"backend": "openai", "model": ...}}``.
+      ``"scripted"``, ...) with its options, a mapping ``{"backend": name, **options}``, or
+      an ``LMBackend`` instance (the caller closes it).
     - ``environment`` / ``environment_kwargs``: where code runs (``"local"``, ...), an
       ``Environment`` instance (used for the root; the caller closes it) or a factory.
     - ``max_depth``, ``max_iterations``, ``max_budget`` (USD), ``max_timeout`` (seconds),
-      ``max_tokens``, ``max_errors``: limits shared by the whole call tree (see ``Limits``).
+      ``max_tokens``, ``max_errors``: limits shared by the whole call tree.  ``None`` (the
+      default) takes the value from ``limits=Limits(...)`` when given, else ``Limits``'
+      default (depth 1, 30 iterations, the rest unlimited).
+    - ``verbose=True`` draws the live call tree on stderr.
+    - ``loop``: a ``LoopConfig``, how each node runs (output caps, temperature,
+      concurrency, extraction, system prompt, prompt profile, ``sub_calls``); each of its
+      fields may also be given as a keyword (``max_output_chars=5000``), which wins.
+    - ``sub_backend``: the model for every call below the root (``llm_query``, child RLMs),
+      in any form ``backend`` takes; defaults to the root model.
+    - ``models``: more models that code can pick with ``llm_query(prompt, model="name")``:
+      ``{"name": LMBackend}`` or ``{"name": {"backend": "openai", "model": ...}}``.
     - ``tools``: extra functions for the REPL, ``{"name": function}`` or ``{"name": "code
       that defines name"}``; outside the ``local`` environment a function travels as its
       source, so it must be self-contained (see ``rlm.tools``).
     - ``persistent``: keep the REPL across calls (``context_0``, ``context_1``, ``history``).
-    - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
-      may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).
-    - ``max_answer_chars``: the longest answer, in characters (default 1,000,000; ``None``:
-      no limit).  The REPL refuses a longer ``FINAL``/``FINAL_VAR`` with an
-      ``AnswerTooLong`` error the model sees, before the answer leaves the REPL; an
-      ``llm_query`` reply or ``rlm_query`` answer handed to REPL code is cut to it with a
-      marker.
-    - ``sub_calls=False``: a REPL-only RLM: ``llm_query`` / ``rlm_query`` are disabled and
-      not offered in the prompt (the paper's "no sub-calls" ablation).
-    - ``trace_dir`` (one JSONL file per call) or ``trace_path`` (append to one file);
-      ``verbose=True`` draws the live call tree on stderr.
+    - ``trace``: where the trace goes: a directory (one JSONL file per call: a path that is
+      an existing directory, or has no suffix), a file (any other path, ``run.jsonl``: each
+      call appends), a ``TraceSink``, or a list of these (at most one path).
+
+    Renamed keywords still work for one release, with a ``DeprecationWarning``:
+    ``trace_dir``, ``trace_path``, ``trace_sink`` (now ``trace``) and ``sub_backend_kwargs``
+    (now ``sub_backend={"backend": name, **options}``).
     """
 
     def __init__(
@@ -92,128 +152,77 @@ class RLM:
         backend_kwargs: Mapping[str, Any] | None = None,
         environment: EnvironmentSpec = "local",
         environment_kwargs: Mapping[str, Any] | None = None,
-        max_depth: int = 1,
-        max_iterations: int = 30,
+        max_depth: int | None = None,
+        max_iterations: int | None = None,
         max_budget: float | None = None,
         max_timeout: float | None = None,
         max_tokens: int | None = None,
         max_errors: int | None = None,
         verbose: bool = False,
         *,
+        limits: Limits | None = None,
+        loop: LoopConfig | None = None,
         sub_backend: BackendSpec | None = None,
-        sub_backend_kwargs: Mapping[str, Any] | None = None,
-        models: Mapping[str, LMBackend | Mapping[str, Any]] | None = None,
+        models: Mapping[str, BackendSpec] | None = None,
         tools: Mapping[str, ToolSpec] | None = None,
         persistent: bool = False,
-        trace_dir: str | os.PathLike[str] | None = None,
-        trace_path: str | os.PathLike[str] | None = None,
-        trace_sink: TraceSink | None = None,
-        max_output_chars: int = 20_000,
-        max_concurrency: int = 16,
-        extract_on_limit: bool = True,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        sub_calls: bool = True,
-        max_output_tokens: int | None = None,
-        sub_call_max_output_tokens: int | None = None,
-        max_answer_chars: int | None = MAX_ANSWER_CHARS,
+        trace: TraceSpec | None = None,
+        **options: Unpack[LoopOptions],
     ) -> None:
-        self.limits = Limits(max_depth=max_depth, max_iterations=max_iterations,
-                             max_budget=max_budget, max_timeout=max_timeout,
-                             max_tokens=max_tokens, max_errors=max_errors)
-        if max_answer_chars is not None and (isinstance(max_answer_chars, bool) or not
-                                             isinstance(max_answer_chars, int)
-                                             or max_answer_chars < 1):
-            raise ConfigError(f"max_answer_chars must be a positive int or None, "
-                              f"got {max_answer_chars!r}")
-        clash = sorted(set(tools or {}) & set(RESERVED_NAMES))
-        if clash:
-            raise ConfigError(f"tool names clash with REPL names: {', '.join(clash)}")
-        checked_tools = make_tools(tools)
-        _check_tools_reach(checked_tools, environment)
-        if trace_dir is not None and trace_path is not None:
-            raise ConfigError("give trace_dir or trace_path, not both")
+        renamed = {k: options.pop(k) for k in list(options) if k in _RENAMED}  # type: ignore[misc]
+        unknown = sorted(set(options) - _LOOP_FIELDS)
+        if unknown:
+            raise TypeError(f"RLM() got an unexpected keyword argument {unknown[0]!r}")
+        self.limits = (limits or Limits()).with_overrides(
+            max_depth=max_depth, max_iterations=max_iterations, max_budget=max_budget,
+            max_timeout=max_timeout, max_tokens=max_tokens, max_errors=max_errors)
+        self.loop = replace(loop or LoopConfig(), **options)
+        checked_tools = make_tools(tools, _environment_class(environment))
+        self._trace_targets = _trace_targets(trace, renamed)
+        self.verbose = verbose
+        self.persistent = persistent
+
         self._owned: list[LMBackend] = []
-        root = _backend(backend, backend_kwargs)
-        assert root is not None
-        if isinstance(backend, str):
-            self._owned.append(root)
-        sub = _backend(sub_backend, sub_backend_kwargs)
-        if sub is not None and isinstance(sub_backend, str):
-            self._owned.append(sub)
-        named: dict[str, LMBackend] = {}
-        for name, spec in (models or {}).items():
-            if isinstance(spec, LMBackend):
-                named[name] = spec
-            else:
-                options = dict(spec)
-                kind = options.pop("backend", None)
-                if not isinstance(kind, str):
-                    raise ConfigError(f"models[{name!r}] needs a 'backend' name")
-                named[name] = registry.create_backend(kind, options)
-                self._owned.append(named[name])
+        root = self._backend(backend, backend_kwargs, "backend")
+        sub_kwargs = renamed.get("sub_backend_kwargs")
+        sub = None if sub_backend is None else self._backend(sub_backend, sub_kwargs,
+                                                             "sub_backend")
+        named = {name: self._backend(spec, None, f"models[{name!r}]")
+                 for name, spec in (models or {}).items()}
         self.router = ModelRouter(root, sub, named)
-        self._check_prices()
+        unpriced = self.router.unpriced() if self.limits.max_budget is not None else []
+        if unpriced:
+            raise ConfigError(
+                f"max_budget is set but the price of {', '.join(unpriced)} is unknown; pass "
+                "backend_kwargs={'price_per_mtok': (input_usd, output_usd)}"
+            )
 
         self._env_instance = environment if isinstance(environment, Environment) else None
-        self._env_factory = self._environment_factory(environment, environment_kwargs)
-        self.engine = Engine(
-            self.router, self._env_factory, self.limits,
-            EngineConfig(
-                loop=LoopConfig(max_output_chars=max_output_chars,
-                                extract_on_limit=extract_on_limit, temperature=temperature,
-                                max_output_tokens=max_output_tokens,
-                                max_answer_chars=max_answer_chars),
-                tools=checked_tools, system_prompt=system_prompt, max_concurrency=max_concurrency,
-                sub_calls=sub_calls, sub_call_max_output_tokens=sub_call_max_output_tokens,
-            ),
-        )
-        self.verbose = verbose
-        self.trace_dir = Path(trace_dir) if trace_dir is not None else None
-        self.trace_path = Path(trace_path) if trace_path is not None else None
-        self.trace_sink = trace_sink
-        self.persistent = persistent
+        self._env_factory = _environment_factory(environment, environment_kwargs)
+        self.engine = Engine(self.router, self._env_factory, self.limits, self.loop,
+                             checked_tools)
         self._session: Session | None = None
 
     # -- construction helpers ---------------------------------------------------------------
-    def _environment_factory(self, spec: EnvironmentSpec,
-                             kwargs: Mapping[str, Any] | None) -> Callable[[], Environment]:
-        if isinstance(spec, str):
-            registry.get_environment_class(spec)  # fail now on an unknown name
-            return lambda: registry.create_environment(spec, kwargs)
-        if isinstance(spec, Environment):
-            cls = type(spec)
-            return lambda: cls(**dict(kwargs or {}))
-        if callable(spec):
-            return spec
-        raise ConfigError(f"environment must be a name, an Environment or a factory: {spec!r}")
-
-    def _check_prices(self) -> None:
-        if self.limits.max_budget is None:
-            return
-        from rlm.types import CompletionRequest
-
-        probe = CompletionRequest(messages=[{"role": "user", "content": "x"}])
-        unknown = [b.model_name for b in self.router.all() if b.estimate_cost(probe) is None]
-        if unknown:
-            raise ConfigError(
-                f"max_budget is set but the price of {', '.join(unknown)} is unknown; pass "
-                "backend_kwargs={'price_per_mtok': (input_usd, output_usd)}"
-            )
+    def _backend(self, spec: BackendSpec, kwargs: Mapping[str, Any] | None,
+                 what: str) -> LMBackend:
+        backend, created = registry.backend_from_spec(spec, kwargs, what=what)
+        if created:
+            self._owned.append(backend)
+        return backend
 
     def _sink(self) -> tuple[TraceSink, str | None]:
         sinks: list[TraceSink] = []
         path: Path | None = None
-        secrets = self.router.secrets()
-        if self.trace_path is not None:
-            path = self.trace_path
-        elif self.trace_dir is not None:
+        directory, file, extra = self._trace_targets
+        if file is not None:
+            path = file
+        elif directory is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = self.trace_dir / f"rlm-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
+            path = directory / f"rlm-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
         if path is not None:
-            sinks.append(JsonlSink(path, secrets=secrets))
-        if self.trace_sink is not None:
-            sinks.append(self.trace_sink)
+            sinks.append(JsonlSink(path, secrets=self.router.secrets()))
+        sinks += extra
         if self.verbose:
             from rlm.trace.console import ConsoleSink
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from rlm.backends.base import LMBackend
 from rlm.errors import (
     ConfigError,
     MissingDependencyError,
@@ -20,6 +22,7 @@ from rlm.errors import (
 )
 
 __all__ = [
+    "backend_from_spec",
     "backend_names",
     "create_backend",
     "create_environment",
@@ -96,10 +99,12 @@ def _resolve(table: dict[str, Any], name: str, kind: str, error: type[ConfigErro
 
 
 def get_backend_class(name: str) -> Any:
+    """The backend class registered as ``name`` (``UnknownBackendError`` if none)."""
     return _resolve(_BACKENDS, name, "backend", UnknownBackendError)
 
 
 def get_environment_class(name: str) -> Any:
+    """The environment class registered as ``name`` (``UnknownEnvironmentError`` if none)."""
     return _resolve(_ENVIRONMENTS, name, "environment", UnknownEnvironmentError)
 
 
@@ -125,7 +130,29 @@ def create_backend(name: str, kwargs: dict[str, Any] | None = None) -> Any:
         raise ConfigError(f"bad backend_kwargs for {name!r}: {exc}") from exc
 
 
+def backend_from_spec(spec: Any, kwargs: Mapping[str, Any] | None = None, *,
+                      what: str = "backend") -> tuple[LMBackend, bool]:
+    """``(backend, created)`` for what ``RLM(backend=..., models={...})`` accepts: an
+    ``LMBackend`` (used as it is; ``created`` False, its owner closes it), a registered name
+    with ``kwargs``, or a mapping ``{"backend": name, **options}``."""
+    if isinstance(spec, LMBackend):
+        if kwargs:
+            raise ConfigError(f"{what}_kwargs only apply when the {what} is given by name")
+        return spec, False
+    if isinstance(spec, str):
+        return create_backend(spec, dict(kwargs or {})), True
+    if isinstance(spec, Mapping):
+        options = {**spec, **(kwargs or {})}
+        kind = options.pop("backend", None)
+        if not isinstance(kind, str):
+            raise ConfigError(f"{what} {dict(spec)!r} needs a 'backend' name")
+        return create_backend(kind, options), True
+    raise ConfigError(f"{what} must be a registered name, a mapping with a 'backend' name "
+                      f"or an LMBackend, not {spec!r}")
+
+
 def create_environment(name: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """Build the environment ``name`` with ``kwargs``."""
     cls = get_environment_class(name)
     try:
         return cls(**dict(kwargs or {}))

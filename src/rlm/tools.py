@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rlm.bridge.guest import RESERVED_NAMES
 from rlm.errors import ConfigError
 
 __all__ = ["Tool", "ToolSpec", "in_process_tools", "make_tools", "shipped_tools"]
@@ -61,8 +62,18 @@ class Tool:
         return self.source
 
 
-def make_tools(specs: Mapping[str, ToolSpec] | None) -> dict[str, Tool]:
-    """Check and convert ``RLM(tools=...)``; raises ``ConfigError`` on bad input."""
+def make_tools(specs: Mapping[str, ToolSpec] | None, environment: Any = None
+               ) -> dict[str, Tool]:
+    """Check and convert ``RLM(tools=...)``; raises ``ConfigError`` on bad input.
+
+    A name the REPL already defines (``RESERVED_NAMES``) is refused.  ``environment`` is
+    the ``Environment`` class the tools will run in, when known: outside the host process
+    every tool must then be shippable as source, which is checked now rather than at the
+    first completion.
+    """
+    clash = sorted(set(specs or {}) & set(RESERVED_NAMES))
+    if clash:
+        raise ConfigError(f"tool names clash with REPL names: {', '.join(clash)}")
     tools: dict[str, Tool] = {}
     for name, spec in (specs or {}).items():
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
@@ -74,6 +85,8 @@ def make_tools(specs: Mapping[str, ToolSpec] | None) -> dict[str, Tool]:
         else:
             raise ConfigError(f"tool {name!r} must be a function or a string of code, "
                               f"not {type(spec).__name__}")
+    if environment is not None and not environment.in_process:
+        shipped_tools(tools, environment.name)
     return tools
 
 

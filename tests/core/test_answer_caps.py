@@ -36,7 +36,7 @@ def run(replies, prompt="the input", **kwargs) -> RLMResult:
 # -- final answers --------------------------------------------------------------------------
 def test_a_200_mb_final_is_refused_in_the_repl_and_never_reaches_the_trace(tmp_path: Path):
     trace = tmp_path / "trace.jsonl"
-    result = run([repl(f"FINAL('x' * {BIG})"), repl("FINAL('short')")], trace_path=trace)
+    result = run([repl(f"FINAL('x' * {BIG})"), repl("FINAL('short')")], trace=trace)
     assert (result.response, result.stop_reason) == ("short", "final")
     refused = result.trace.code_executions[0].data
     assert refused["final"] is None and "AnswerTooLong" in refused["error"]
@@ -152,7 +152,7 @@ def test_captured_output_and_errors_never_exceed_the_capture_limit():
 def test_trace_events_keep_a_bounded_preview_and_a_hash(tmp_path: Path):
     big = "q" * 300_000
     trace = tmp_path / "trace.jsonl"
-    result = run([f"{big}\nFINAL(done)"], trace_path=trace)
+    result = run([f"{big}\nFINAL(done)"], trace=trace)
     assert result.response == "done"
     call = result.trace.lm_calls[0].data
     assert call["response_chars"] == len(big) + len("\nFINAL(done)")

@@ -162,29 +162,23 @@ def test_named_models_and_unknown_name(scripted):
 
 
 def test_batched_calls_run_concurrently_in_order_and_fail_per_slot():
+    # A failed slot is a QueryFailed, a str subclass: the model detects it by its text.
+    root_turn = repl(
+        "rs = llm_query_batched([f'q{i}' for i in range(16)])\n"
+        "FINAL('|'.join('ERR' if r.startswith('[query failed') else r for r in rs))"
+    )
+
     def reply(messages, depth):
         if depth == 0:
-            return repl(
-                "rs = llm_query_batched([f'q{i}' for i in range(16)])\n"
-                "FINAL('|'.join(r if not isinstance(r, QueryFailed) else 'ERR' for r in rs))"
-            ) if "QueryFailed" not in str(messages) else repl("FINAL('x')")
+            return root_turn
         prompt = messages[-1]["content"]
         if prompt == "q3":
             raise BadResponseError("boom")
         return prompt.upper()
 
-    # QueryFailed is a str subclass; the model detects failures by their text.
-    replies_code = repl(
-        "rs = llm_query_batched([f'q{i}' for i in range(16)])\n"
-        "FINAL('|'.join('ERR' if r.startswith('[query failed') else r for r in rs))"
-    )
-
-    def reply2(messages, depth):
-        return replies_code if depth == 0 else reply(messages, depth)
-
     started = time.monotonic()
     result = RLM(backend="scripted",
-                 backend_kwargs={"responses": reply2, "latency_s": 0.2}).completion("c")
+                 backend_kwargs={"responses": reply, "latency_s": 0.2}).completion("c")
     elapsed = time.monotonic() - started
     parts = result.response.split("|")
     assert parts[:5] == ["Q0", "Q1", "Q2", "ERR", "Q4"] and parts[-1] == "Q15"
@@ -287,7 +281,7 @@ def test_trace_file_rebuilds_the_tree(tmp_path: Path):
 
     path = tmp_path / "t.jsonl"
     result = RLM(backend="scripted", backend_kwargs={"responses": reply}, max_depth=3,
-                 trace_path=path).completion("c")
+                 trace=path).completion("c")
     assert result.trace_path == str(path)
     tree = load(path)
     assert tree.run_id == result.run_id and tree.response == "leaf!"
@@ -349,7 +343,7 @@ def test_secrets_never_reach_the_trace_in_memory_or_on_disk(tmp_path):
 
     backend = KeyedBackend([repl("print('key is sk-test-SECRET-123')\nFINAL('x')")])
     path = tmp_path / "t.jsonl"
-    result = RLM(backend=backend, trace_path=path).completion("c")
+    result = RLM(backend=backend, trace=path).completion("c")
     assert "sk-test-SECRET-123" not in path.read_text()
     assert "[REDACTED]" in path.read_text()
     assert "sk-test-SECRET-123" not in json.dumps(result.trace.to_dict())

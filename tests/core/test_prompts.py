@@ -10,7 +10,7 @@ from rlm.types import ExecResult
 
 def _feedback(*outputs: ExecResult, style: str = "small") -> str:
     return turn_feedback([("code", out) for out in outputs], iteration=1,
-                         max_output_chars=10_000, iterations_left=3, style=style)
+                         max_output_chars=10_000, iterations_left=3, prompt_profile=style)
 
 
 def test_small_example_search_ignores_case_and_word_order():
@@ -47,6 +47,6 @@ def test_default_profile_has_no_miss_push_back():
 
 
 def test_sub_call_help_follows_the_switch():
-    with_sub = system_prompt(depth=0, max_depth=2, style="small")
-    without = system_prompt(depth=0, max_depth=2, style="small", sub_calls=False)
+    with_sub = system_prompt(depth=0, max_depth=2, prompt_profile="small")
+    without = system_prompt(depth=0, max_depth=2, prompt_profile="small", sub_calls=False)
     assert "llm_query" in with_sub and "llm_query" not in without

@@ -39,7 +39,7 @@ FAST = {"model": "fake", "max_retries": RETRIES, "backoff_s": 0.05, "timeout_s":
 
 def model(url: str, trace: Path, **kwargs: Any) -> RLM:
     backend_kwargs = {**FAST, "base_url": url, **kwargs.pop("backend_kwargs", {})}
-    return RLM(backend="openai", backend_kwargs=backend_kwargs, trace_path=trace,
+    return RLM(backend="openai", backend_kwargs=backend_kwargs, trace=trace,
                max_iterations=5, **kwargs)
 
 
@@ -325,7 +325,7 @@ def test_a_hostile_cost_field_is_ignored(fake, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_trace_file_on_a_full_disk_does_not_break_the_run(scripted):
     backend = scripted([repl("FINAL('answered')")])
-    rlm = RLM(backend=backend, trace_path="/dev/full")  # every write: ENOSPC
+    rlm = RLM(backend=backend, trace="/dev/full")  # every write: ENOSPC
     ran = bounded(lambda: rlm.completion("the input"), limit_s=5)
     assert ran.result is not None and ran.result.response == "answered", ran
     assert ran.result.trace.run_id == ran.result.run_id  # the trace in memory is whole

@@ -60,7 +60,7 @@ def make_env() -> Iterator[Callable[..., Environment]]:
 
 def scripted_rlm(script: Script, env: Environment, trace: Path, **kwargs: Any) -> RLM:
     return RLM(backend="scripted", backend_kwargs={"responses": script}, environment=env,
-               trace_path=trace, max_iterations=5, **kwargs)
+               trace=trace, max_iterations=5, **kwargs)
 
 
 def run(rlm: RLM, limit_s: float, prompt: str = "the context survives"):

@@ -100,7 +100,7 @@ def test_rlm_loop_against_the_real_server(llama_server, proxy, tmp_path):
     rlm = RLM(backend="openai",
               backend_kwargs={"model": MODEL, "base_url": proxy.url,
                               "timeout_s": CALL_TIMEOUT_S, "extra_body": {"max_tokens": 48}},
-              max_iterations=1, temperature=0.0, trace_path=tmp_path / "trace.jsonl")
+              max_iterations=1, temperature=0.0, trace=tmp_path / "trace.jsonl")
     try:
         result = rlm.completion("What is the secret word? Search `context` with code, then "
                                 "answer with FINAL(word).", context=context)
@@ -174,8 +174,7 @@ def test_batched_sub_calls_through_the_real_server(llama_server, proxy):
             "    [f'Reply with the single word {w} and nothing else.' for w in words])\n"
             "FINAL(answers)")
     root = ScriptedBackend([repl(code)])
-    rlm = RLM(backend=root, sub_backend="openai",
-              sub_backend_kwargs={"model": MODEL, "base_url": proxy.url,
+    rlm = RLM(backend=root, sub_backend={"backend": "openai", "model": MODEL, "base_url": proxy.url,
                                   "timeout_s": CALL_TIMEOUT_S,
                                   "extra_body": {"max_tokens": 8, "temperature": 0.0}},
               max_iterations=2)
@@ -301,11 +300,10 @@ def test_server_killed_during_sub_calls(fresh_llama_server, tmp_path):
     # once the first sub-call is answered, kill while the second is being generated
     watch = EventWatch(lambda e: e.type == "lm_call" and e.data["purpose"] == "llm_query")
     trace_path = tmp_path / "trace.jsonl"
-    rlm = RLM(backend=root, sub_backend="openai",
-              sub_backend_kwargs={"model": MODEL, "base_url": fresh_llama_server.url,
+    rlm = RLM(backend=root, sub_backend={"backend": "openai", "model": MODEL, "base_url": fresh_llama_server.url,
                                   "timeout_s": CALL_TIMEOUT_S, "max_retries": 2, "backoff_s": 0.1,
                                   "extra_body": {"max_tokens": 24}},
-              max_iterations=3, trace_path=trace_path, trace_sink=watch)
+              max_iterations=3, trace=[trace_path, watch])
     killer = Killer(fresh_llama_server, watch, 0.5)
     try:
         result = rlm.completion("Ask many questions.", context="unused")
@@ -342,7 +340,7 @@ def test_server_killed_during_a_root_turn(fresh_llama_server, tmp_path):
               backend_kwargs={"model": MODEL, "base_url": fresh_llama_server.url,
                               "timeout_s": CALL_TIMEOUT_S, "max_retries": 2, "backoff_s": 0.1,
                               "extra_body": {"max_tokens": 200}},
-              max_iterations=3, trace_path=trace_path, trace_sink=watch)
+              max_iterations=3, trace=[trace_path, watch])
     # the first turn (a prompt of ~500 tokens, then up to 200 tokens out) takes many seconds
     killer = Killer(fresh_llama_server, watch, 1.5)
     try:

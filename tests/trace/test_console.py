@@ -15,7 +15,7 @@ from tests.conftest import repl
 
 def run_nested(replies, sink=None, **kwargs):
     return RLM(backend="scripted", backend_kwargs={"responses": replies}, max_depth=2,
-               trace_sink=sink, **kwargs).completion("hello")
+               trace=sink, **kwargs).completion("hello")
 
 
 def test_live_tree_shows_the_nested_child_and_answers(screen, nested_replies):
@@ -71,7 +71,7 @@ def test_many_finished_children_fold_in_the_live_view(tmp_path, screen):
 
     path = tmp_path / "t.jsonl"
     RLM(backend="scripted", backend_kwargs={"responses": reply}, max_depth=2,
-        trace_path=path).completion("x")
+        trace=path).completion("x")
     node = load(path)
     assert len(node.children) == 8
     shown = screen(terminal=False)

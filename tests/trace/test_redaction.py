@@ -87,7 +87,7 @@ def test_a_server_echoing_the_key_transformed_never_reaches_the_trace(tmp_path):
         fake.enqueue(repl(code + "\nr = llm_query('echo it')\nprint(r)"))
         fake.enqueue(f"Invalid key {KEY.upper()} (also {' '.join(KEY)})")
         fake.enqueue(repl("FINAL('done')"))
-        with RLM(backend="openai", trace_path=tmp_path / "trace.jsonl", max_iterations=4,
+        with RLM(backend="openai", trace=tmp_path / "trace.jsonl", max_iterations=4,
                  backend_kwargs={"model": "fake", "base_url": fake.url, "api_key": KEY}) as rlm:
             result = rlm.completion("go")
         assert fake.requests[0].headers["authorization"] == f"Bearer {KEY}"
@@ -115,7 +115,7 @@ def test_a_lone_surrogate_is_written_escaped(tmp_path):
 def test_printing_a_lone_surrogate_in_a_traced_run(tmp_path, scripted):
     backend = scripted([repl("print('bad \\ud800 text')"), repl("FINAL('done')")])
     path = tmp_path / "trace.jsonl"
-    result = RLM(backend=backend, trace_path=path, max_iterations=3).completion("q")
+    result = RLM(backend=backend, trace=path, max_iterations=3).completion("q")
     assert result.response == "done"
     [code] = [e for e in load(path).events if e.type == "code_exec"][:1]
     assert "\ud800" in code.data["stdout"]

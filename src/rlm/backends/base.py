@@ -47,6 +47,12 @@ class LMBackend(ABC):
         """
         return 0.0
 
+    @property
+    def prices_known(self) -> bool:
+        """Whether ``estimate_cost`` can price a call: ``max_budget`` needs every price."""
+        probe = CompletionRequest(messages=[{"role": "user", "content": "x"}])
+        return self.estimate_cost(probe) is not None
+
     def estimate_tokens(self, request: CompletionRequest) -> int:
         """The likely input tokens of ``request`` (used for ``max_tokens``)."""
         return estimate_tokens(request.prompt_chars)

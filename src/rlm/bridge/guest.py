@@ -47,6 +47,10 @@ RESERVED_NAMES = (
     "FINAL_VAR",
     "SHOW_VARS",
     "budget",
+    "history",
+    "LMQueryError",
+    "LimitReached",
+    "QueryFailed",
 )
 
 Call = Callable[[dict[str, Any]], dict[str, Any]]

@@ -68,19 +68,21 @@ def _build(options: dict[str, Any]) -> RLM:
     if options["env"]:
         kwargs["environment"] = options["env"]
     if options["sub_backend"] or options["sub_model"]:
-        kwargs["sub_backend"] = options["sub_backend"] or backend
-        sub_kwargs: dict[str, Any] = {}
+        sub: dict[str, Any] = {"backend": options["sub_backend"] or backend}
         if options["sub_model"]:
-            sub_kwargs["model"] = options["sub_model"]
+            sub["model"] = options["sub_model"]
         if options["base_url"] and not options["sub_backend"]:
-            sub_kwargs["base_url"] = options["base_url"]
-        kwargs["sub_backend_kwargs"] = sub_kwargs
+            sub["base_url"] = options["base_url"]
+        kwargs["sub_backend"] = sub
     if options["trace"] is not None and options["no_trace"]:
         raise ConfigError("give --trace PATH or --no-trace, not both")
     if options["trace"] is not None:
-        kwargs["trace_path"] = options["trace"]
+        trace: Path = options["trace"]
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.touch()  # an existing file is appended to, whatever its name
+        kwargs["trace"] = trace
     elif not options["no_trace"]:
-        kwargs["trace_dir"] = user_dir() / "traces"
+        kwargs["trace"] = user_dir() / "traces"  # a directory: one file per run
     return RLM(backend, backend_kwargs, verbose=options["verbose"], **kwargs)
 
 

@@ -1,7 +1,10 @@
-"""Runs a call tree: builds the shared ledger, handler and tracer, drives each node's loop.
+"""Runs call trees: ``Engine`` starts one ``Run`` per completion and drives its nodes' loops.
 
 ``Engine`` receives backend instances (through a ``ModelRouter``) and an environment
-factory; it never names a concrete backend, environment or transport.
+factory; it never names a concrete backend, environment or transport.  A ``Run`` owns what
+one completion needs: the shared ledger (``Budget``), the tracer, the LM handler, the root
+node, its environment and session, and the clock.  It is a context manager (sync and
+async), and leaving it winds the run down whatever happened.
 
 Every failure reaches the caller as an ``RLMError`` with the result so far in
 ``exc.partial``: environment operations (start, set_variable, execute, close) go through
@@ -15,11 +18,11 @@ wound down); ``Engine.cancel()`` ends a run with ``stop_reason="cancelled"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from rlm.bridge.guest import SETTINGS_NAME
@@ -27,7 +30,7 @@ from rlm.context import describe_context, load_context
 from rlm.core import prompts
 from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
-from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
+from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, Step
 from rlm.core.routing import ModelRouter
 from rlm.environments.base import Environment
 from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
@@ -39,26 +42,9 @@ from rlm.trace.tracer import Tracer
 from rlm.trace.tree import build_tree
 from rlm.types import Answer, ExecResult, HostCall, Message, NodeRef
 
-__all__ = ["Engine", "EngineConfig", "Session"]
+__all__ = ["MIN_BLOCK_S", "Engine", "Run", "Session"]
 
 EnvironmentFactory = Callable[[], Environment]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything about how a tree runs, apart from the limits."""
-
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    tools: dict[str, Tool] = field(default_factory=dict)
-    system_prompt: str | None = None
-    max_concurrency: int = 16
-    sub_call_max_output_tokens: int | None = None
-    chunk_chars: int = 50_000
-    sub_calls: bool = True
-    #: Under ``max_timeout``, a block may use this share of the time left (at least
-    #: ``MIN_BLOCK_S``), so a runaway block leaves the model time to react.
-    block_time_share: float = 0.5
-
 
 #: The shortest time limit a block gets under ``max_timeout`` (unless less time is left).
 MIN_BLOCK_S = 1.0
@@ -68,8 +54,8 @@ class Session:
     """REPL state kept across ``completion()`` calls (``RLM(persistent=True)``).
 
     The environment stays open; each call adds ``context_<n>`` and appends
-    ``{"question", "answer"}`` to ``history``.  The REPL reaches the LM handler of the
-    call under way through ``dispatch``.
+    ``{"question", "answer"}`` to ``history`` (``record``).  A run ``enter``s the session
+    (the REPL then reaches that run's LM handler through ``dispatch``) and ``leave``s it.
     """
 
     def __init__(self, environment: Environment, owned: bool) -> None:
@@ -77,10 +63,26 @@ class Session:
         self.owned = owned
         self.turn = 0
         self.history: list[dict[str, str]] = []
-        self._target: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._target: HostCall | None = None
         self.lock = threading.Lock()
 
+    def enter(self, target: HostCall) -> None:
+        """Route the REPL's requests to ``target`` (the LM handler of the run under way)."""
+        self._target = target
+
+    def leave(self) -> None:
+        """The run under way has ended: the REPL's requests are refused until the next."""
+        self._target = None
+
+    def record(self, question: str | None, answer: str) -> None:
+        """Append a finished call to ``history``, in the REPL too."""
+        self.history.append({"question": question or "", "answer": answer})
+        self.turn += 1
+        _env_call(self.environment, "set_variable", self.environment.set_variable, "history",
+                  list(self.history))
+
     def dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one REPL request to the run under way (refused when none is)."""
         if self._target is None:
             return {"error": {"type": "Cancelled", "message": "no completion is running"}}
         return self._target(message)
@@ -125,24 +127,181 @@ def _checked(env: Environment, result: Any) -> ExecResult:
                    f"{result!r:.200}")
 
 
-class _Tree:
-    """The objects shared by every node of one call tree."""
+class _Stepper:
+    """Advances one node's loop generator: the one step dispatcher of both drivers.
 
-    def __init__(self, engine: Engine, sink: TraceSink) -> None:
-        self.engine = engine
-        self.budget = Budget(engine.limits)
+    ``next()`` hands out the next step (``None`` once the loop returned its ``outcome``);
+    the driver performs it inside ``performing()``, which sends the step's result back, or
+    throws in the limit or cancellation the step ran into.
+    """
+
+    def __init__(self, steps: Generator[Step, Any, Outcome]) -> None:
+        self._steps = steps
+        self._value: Any = None
+        self._thrown: BaseException | None = None
+        self.outcome: Outcome | None = None
+
+    def next(self) -> Step | None:
+        value, thrown, self._value, self._thrown = self._value, self._thrown, None, None
+        try:
+            return self._steps.throw(thrown) if thrown is not None else self._steps.send(value)
+        except StopIteration as stop:
+            self.outcome = stop.value
+            return None
+
+    @contextlib.contextmanager
+    def performing(self) -> Iterator[Callable[[Any], None]]:
+        try:
+            yield self._send
+        except (LimitExceeded, Cancelled) as exc:
+            self._thrown = exc
+
+    def _send(self, value: Any) -> None:
+        self._value = value
+
+
+class Run:
+    """One completion: its call tree's shared objects, the root node and its environment.
+
+    Built by ``Engine.open``; ``with run:`` (or ``async with``) drives nothing by itself:
+    ``run.drive_sync(context)`` / ``await run.drive_async(context)`` run the root, and
+    leaving the block winds down (``_finish``) and sets ``run.result``.
+    """
+
+    def __init__(self, engine: Engine, sink: TraceSink, question: str | None, *,
+                 session: Session | None, root_environment: Environment | None,
+                 trace_path: str | None) -> None:
+        self.router, self.limits = engine.router, engine.limits
+        self.loop_config, self.tools = engine.loop, engine.tools
+        self.environment_factory = engine.environment_factory
+        self.question, self.session, self.trace_path = question, session, trace_path
+        self.started = time.monotonic()
+        self.budget = Budget(self.limits)
         self.memory = MemorySink()
-        self.tracer = Tracer(MultiSink(self.memory, sink), secrets=engine.router.secrets())
+        self.tracer = Tracer(MultiSink(self.memory, sink), secrets=self.router.secrets())
+        cfg = self.loop_config
         self.handler = LMHandler(
-            engine.router, self.budget, self.tracer, spawn_child=self.spawn_child,
-            max_concurrency=engine.config.max_concurrency,
-            sub_call_max_output_tokens=engine.config.sub_call_max_output_tokens,
-            sub_calls=engine.config.sub_calls,
-            max_answer_chars=engine.config.loop.max_answer_chars,
+            self.router, self.budget, self.tracer, spawn_child=self.spawn_child,
+            max_concurrency=cfg.max_concurrency,
+            sub_call_max_output_tokens=cfg.sub_call_max_output_tokens,
+            sub_calls=cfg.sub_calls, max_answer_chars=cfg.max_answer_chars,
         )
+        self.root = NodeRef(_new_id(), None, 0)
+        self.owned = session is None and root_environment is None
+        if session is not None:
+            self.env = session.environment
+        else:
+            self.env = root_environment or self.environment_factory()
+        self.outcome: Outcome | None = None
+        self.result: RLMResult | None = None
+        self._root_loop: Loop | None = None
         #: Per open node, what removes its environment's ``interrupt`` from ``on_stop``.
         self._stops: dict[str, Callable[[], None]] = {}
 
+    def _call_for(self, node: NodeRef) -> HostCall:
+        return lambda message: self.handler.handle(message, node)
+
+    # -- the root ---------------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        if self.session is not None:
+            self.session.enter(self._call_for(self.root))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: Any) -> None:
+        self._finish(error)
+
+    async def __aenter__(self) -> Run:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: Any) -> None:
+        if error is not None:
+            self.budget.cancel()
+        await asyncio.to_thread(self._finish, error)
+
+    def _root_messages(self, context: Any) -> list[Message]:
+        call = self._call_for(self.root) if self.session is None else self.session.dispatch
+        return self.open_node(self.root, self.question, context, self.env, call, self.session)
+
+    def drive_sync(self, context: Any) -> None:
+        """Run the root node to its end (``self.outcome``)."""
+        loop = self._root_loop = self.loop(self.root, self._root_messages(context))
+        self.outcome = self.run_sync(self.root, loop, self.env)
+
+    async def drive_async(self, context: Any) -> None:
+        """The async twin of ``drive_sync``: LM calls run on the event loop."""
+        messages = await asyncio.to_thread(self._root_messages, context)
+        loop = self._root_loop = self.loop(self.root, messages)
+        stepper = _Stepper(loop.steps())
+        while (step := stepper.next()) is not None:
+            with stepper.performing() as send:
+                if isinstance(step, CallLM):
+                    send(await self.handler.acomplete(step.request, self.root,
+                                                      purpose=step.purpose))
+                else:
+                    send(await asyncio.to_thread(self._run_block, step.code, self.env))
+        self.outcome = stepper.outcome
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Wind the run down whatever happened and set ``self.result``.
+
+        A failure while winding down (closing the environment, updating the session's
+        ``history``) after a run that ended well raises an ``EnvError`` whose ``partial``
+        is the whole result; after a run that raised, the first error is kept and gets the
+        result so far as its ``partial``.
+        """
+        self.budget.close()
+        self.release(self.root)
+        # Whatever is still running belongs to a finished run (a thread model code left, a
+        # batch slot): later LM calls fail, and in-flight ones get a moment to wind down.
+        self.budget.trip(Cancelled("the run has ended"))
+        outcome = self.outcome if error is None else None
+        late: RLMError | None = None
+        # Each step runs even when an earlier one is cut short (a second Ctrl-C): the
+        # environment is removed and the trace gets its run_end.
+        try:
+            self.handler.drain(timeout_s=5.0)
+        finally:
+            try:
+                if self.session is not None:
+                    self.session.leave()
+                elif self.owned:
+                    try:
+                        _env_call(self.env, "close", self.env.close)
+                    except RLMError as exc:
+                        late = exc
+            finally:
+                self.close_node(self.root, outcome, error or late)
+        if outcome is None:
+            if isinstance(error, RLMError):
+                error.run_id = error.run_id or self.root.run_id
+                last = self._root_loop.last_reply if self._root_loop is not None else ""
+                error.partial = self._result(Outcome(last, "error", self.root.iteration, None))
+            return
+        if self.session is not None:
+            try:
+                self.session.record(self.question, outcome.response)
+            except RLMError as exc:
+                late = late or exc
+        self.result = self._result(outcome)
+        if late is not None:
+            late.run_id = late.run_id or self.root.run_id
+            late.partial = self.result
+            raise late
+
+    def _result(self, outcome: Outcome) -> RLMResult:
+        tree = next(r for r in build_tree(self.memory.events) if r.run_id == self.root.run_id)
+        usage = self.budget.usage_snapshot()
+        return RLMResult(
+            response=outcome.response, stop_reason=outcome.stop_reason,
+            cost_usd=sum(u.cost_usd for u in usage.values()), usage=usage,
+            iterations=outcome.iterations, elapsed_s=time.monotonic() - self.started,
+            trace=tree, run_id=self.root.run_id, trace_path=self.trace_path,
+            answer_source=outcome.answer_source,
+        )
+
+    # -- every node -------------------------------------------------------------------------
     def release(self, node: NodeRef) -> None:
         """The node's environment no longer needs interrupting when the tree stops."""
         remove = self._stops.pop(node.run_id, None)
@@ -154,19 +313,23 @@ class _Tree:
         left = self.budget.time_left_s()
         if left is None:
             return None
-        return min(left, max(left * self.engine.config.block_time_share, MIN_BLOCK_S))
+        return min(left, max(left * self.loop_config.block_time_share, MIN_BLOCK_S))
 
-    # -- one node ---------------------------------------------------------------------------
+    def prompt_profile(self, node: NodeRef) -> str:
+        """The prompt wording for ``node``: the configured one, else its backend's."""
+        return (self.loop_config.prompt_profile
+                or self.router.for_depth(node.depth).prompt_profile)
+
     def open_node(self, node: NodeRef, question: str | None, context: Any,
                   env: Environment, call: HostCall, session: Session | None = None
                   ) -> list[Message]:
         """Start ``env`` for ``node``, load ``context`` and return the first messages."""
-        cfg = self.engine.config
-        _env_call(env, "start", env.start, call, cfg.tools)
+        cfg = self.loop_config
+        _env_call(env, "start", env.start, call, self.tools)
         # A cancel or a limit stops the block under way, not only the next step.
         self._stops[node.run_id] = self.budget.on_stop(env.interrupt)
         _env_call(env, "set_variable", env.set_variable, SETTINGS_NAME,
-                  {"max_answer_chars": cfg.loop.max_answer_chars})
+                  {"max_answer_chars": cfg.max_answer_chars})
         value = load_context(context)
         names: list[str] = []
         if session is not None:
@@ -179,21 +342,21 @@ class _Tree:
             "run_start", node, **preview_fields(question=question),
             context_type=type(value).__name__,
             context_length=len(value) if hasattr(value, "__len__") else None,
-            backend=self.engine.router.for_depth(node.depth).describe(),
-            limits=vars(self.engine.limits), environment=type(env).__name__,
+            backend=self.router.for_depth(node.depth).describe(),
+            limits=vars(self.limits), environment=type(env).__name__,
         )
-        system = prompts.system_prompt(depth=node.depth, max_depth=self.engine.limits.max_depth,
-                                       tools=cfg.tools, chunk_chars=cfg.chunk_chars,
-                                       template=cfg.system_prompt,
-                                       style=self.style(node), sub_calls=cfg.sub_calls)
+        system = prompts.system_prompt(depth=node.depth, max_depth=self.limits.max_depth,
+                                       tools=self.tools, template=cfg.system_prompt,
+                                       prompt_profile=self.prompt_profile(node),
+                                       sub_calls=cfg.sub_calls)
         user = prompts.first_user_message(question, describe_context(value),
                                           session_turn=session.turn if session else 0,
                                           session_names=names)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-    def close_node(self, node: NodeRef, outcome: Outcome | None, error: BaseException | None,
-                   started: float) -> None:
-        data: dict[str, Any] = {"elapsed_s": time.monotonic() - started}
+    def close_node(self, node: NodeRef, outcome: Outcome | None,
+                   error: BaseException | None, started: float | None = None) -> None:
+        data: dict[str, Any] = {"elapsed_s": time.monotonic() - (started or self.started)}
         if outcome is not None:
             self.tracer.emit("final", node, **preview_fields(response=outcome.response),
                              stop_reason=outcome.stop_reason, answer_source=outcome.answer_source)
@@ -202,70 +365,38 @@ class _Tree:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
         self.tracer.emit("run_end", node, **data)
 
-    def style(self, node: NodeRef) -> str:
-        return self.engine.router.for_depth(node.depth).prompt_profile
-
     def loop(self, node: NodeRef, messages: list[Message]) -> Loop:
-        config = replace(self.engine.config.loop, prompt_style=self.style(node))
-        return Loop(node, self.budget, messages, config, self.tracer)
+        return Loop(node, self.budget, messages, self.loop_config, self.tracer,
+                    prompt_profile=self.prompt_profile(node))
 
-    def run_sync(self, node: NodeRef, messages: list[Message], env: Environment) -> Outcome:
-        loop = self.loop(node, messages)
-        steps = loop.steps()
-        value: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                step = steps.throw(thrown) if thrown is not None else steps.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value, thrown = None, None
-            try:
-                value = self._perform(step, node, env)
-            except (LimitExceeded, Cancelled) as exc:
-                thrown = exc
+    def run_sync(self, node: NodeRef, loop: Loop, env: Environment) -> Outcome:
+        """Drive ``loop`` to its end, performing each step in this thread."""
+        stepper = _Stepper(loop.steps())
+        while (step := stepper.next()) is not None:
+            with stepper.performing() as send:
+                if isinstance(step, CallLM):
+                    send(self.handler.complete(step.request, node, purpose=step.purpose))
+                else:
+                    send(self._run_block(step.code, env))
+        assert stepper.outcome is not None
+        return stepper.outcome
 
-    def _perform(self, step: Step, node: NodeRef, env: Environment) -> Any:
-        if isinstance(step, CallLM):
-            return self.handler.complete(step.request, node, purpose=step.purpose)
+    def _run_block(self, code: str, env: Environment) -> ExecResult:
         if self.budget.tripped is not None:  # stopped since the reply: do not start it
             reason = self.budget.tripped
             return ExecResult(error=f"{type(reason).__name__}: {reason}; the block was not run")
-        return _checked(env, _env_call(env, "execute", env.execute, step.code,
+        return _checked(env, _env_call(env, "execute", env.execute, code,
                                        timeout_s=self.block_time_s()))
 
-    async def run_async(self, node: NodeRef, messages: list[Message],
-                        env: Environment) -> Outcome:
-        loop = self.loop(node, messages)
-        steps: Generator[Step, Any, Outcome] = loop.steps()
-        value: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                step = steps.throw(thrown) if thrown is not None else steps.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value, thrown = None, None
-            try:
-                if isinstance(step, CallLM):
-                    value = await self.handler.acomplete(step.request, node,
-                                                         purpose=step.purpose)
-                elif isinstance(step, RunCode):
-                    value = await asyncio.to_thread(self._perform, step, node, env)
-            except (LimitExceeded, Cancelled) as exc:
-                thrown = exc
-
-    # -- children ---------------------------------------------------------------------------
     def spawn_child(self, prompt: str, context: Any, parent: NodeRef) -> str:
         """Run a child RLM one level below ``parent`` (called by ``rlm_query``)."""
         node = NodeRef(_new_id(), parent.run_id, parent.depth + 1)
-        env = self.engine.environment_factory()
+        env = self.environment_factory()
         started = time.monotonic()
         outcome = None
         try:
-            messages = self.open_node(node, prompt, context, env,
-                                      lambda message: self.handler.handle(message, node))
-            outcome = self.run_sync(node, messages, env)
+            messages = self.open_node(node, prompt, context, env, self._call_for(node))
+            outcome = self.run_sync(node, self.loop(node, messages), env)
             return outcome.response
         except BaseException as exc:
             self.close_node(node, None, exc, started)
@@ -278,29 +409,18 @@ class _Tree:
                 if outcome is not None:
                     self.close_node(node, outcome, None, started)
 
-    # -- the result -------------------------------------------------------------------------
-    def result(self, root: NodeRef, outcome: Outcome, started: float,
-               trace_path: str | None) -> RLMResult:
-        roots = build_tree(self.memory.events)
-        tree = next(r for r in roots if r.run_id == root.run_id)
-        usage = self.budget.usage_snapshot()
-        return RLMResult(
-            response=outcome.response, stop_reason=outcome.stop_reason,  # type: ignore[arg-type]
-            cost_usd=sum(u.cost_usd for u in usage.values()), usage=usage,
-            iterations=outcome.iterations, elapsed_s=time.monotonic() - started, trace=tree,
-            run_id=root.run_id, trace_path=trace_path, answer_source=outcome.answer_source,
-        )
-
 
 class Engine:
     """Runs completions for one configuration; safe to use from several threads at once."""
 
     def __init__(self, router: ModelRouter, environment_factory: EnvironmentFactory,
-                 limits: Limits, config: EngineConfig | None = None) -> None:
+                 limits: Limits, loop: LoopConfig | None = None,
+                 tools: dict[str, Tool] | None = None) -> None:
         self.router = router
         self.environment_factory = environment_factory
         self.limits = limits
-        self.config = config or EngineConfig()
+        self.loop = loop or LoopConfig()
+        self.tools = dict(tools or {})
         self._active: set[Budget] = set()
         self._active_lock = threading.Lock()
 
@@ -310,71 +430,22 @@ class Engine:
             for budget in self._active:
                 budget.cancel()
 
-    def _begin(self, sink: TraceSink, session: Session | None,
-               root_environment: Environment | None
-               ) -> tuple[_Tree, NodeRef, Environment, HostCall, bool]:
-        tree = _Tree(self, sink)
+    @contextlib.contextmanager
+    def _tracked(self, run: Run) -> Iterator[Run]:
         with self._active_lock:
-            self._active.add(tree.budget)
-        root = NodeRef(_new_id(), None, 0)
-        if session is not None:
-            session._target = lambda message: tree.handler.handle(message, root)
-            return tree, root, session.environment, session.dispatch, False
-        env = root_environment or self.environment_factory()
-        return (tree, root, env, lambda message: tree.handler.handle(message, root),
-                root_environment is None)
-
-    def _finish(self, tree: _Tree, root: NodeRef, env: Environment, session: Session | None,
-                owned: bool, outcome: Outcome | None, error: BaseException | None,
-                started: float, trace_path: str | None, question: str | None
-                ) -> RLMResult | None:
-        """Wind the run down whatever happened; return its result (None when it raised).
-
-        A failure while winding down (closing the environment, updating the session's
-        ``history``) after a run that ended well raises an ``EnvError`` whose ``partial``
-        is the whole result; after a run that raised, the first error is kept.
-        """
-        with self._active_lock:
-            self._active.discard(tree.budget)
-        tree.budget.close()
-        tree.release(root)
-        # Whatever is still running belongs to a finished run (a thread model code left, a
-        # batch slot): later LM calls fail, and in-flight ones get a moment to wind down.
-        tree.budget.trip(Cancelled("the run has ended"))
-        late: RLMError | None = None
-        # Each step runs even when an earlier one is cut short (a second Ctrl-C): the
-        # environment is removed and the trace gets its run_end.
+            self._active.add(run.budget)
         try:
-            tree.handler.drain(timeout_s=5.0)
+            yield run
         finally:
-            try:
-                if session is not None:
-                    session._target = None
-                elif owned:
-                    try:
-                        _env_call(env, "close", env.close)
-                    except RLMError as exc:
-                        late = exc
-            finally:
-                tree.close_node(root, outcome, error or late, started)
-        if outcome is None:
-            if isinstance(error, RLMError):
-                self._attach_partial(error, tree, root, started, trace_path)
-            return None
-        if session is not None:
-            session.history.append({"question": question or "", "answer": outcome.response})
-            session.turn += 1
-            try:
-                _env_call(env, "set_variable", env.set_variable, "history",
-                          list(session.history))
-            except RLMError as exc:
-                late = late or exc
-        result = tree.result(root, outcome, started, trace_path)
-        if late is not None:
-            late.run_id = late.run_id or root.run_id
-            late.partial = result
-            raise late
-        return result
+            with self._active_lock:
+                self._active.discard(run.budget)
+
+    def open(self, question: str | None, *, sink: TraceSink, session: Session | None = None,
+             trace_path: str | None = None, root_environment: Environment | None = None
+             ) -> Run:
+        """A new ``Run`` of this engine (``session``: the persistent REPL to use)."""
+        return Run(self, sink, question, session=session, root_environment=root_environment,
+                   trace_path=trace_path)
 
     def run(self, question: str | None, context: Any, *, sink: TraceSink,
             session: Session | None = None, trace_path: str | None = None,
@@ -384,55 +455,21 @@ class Engine:
         Limits end the run with a matching ``stop_reason``; a failure of the backend or the
         environment raises, with the result so far in ``exc.partial``.
         """
-        started = time.monotonic()
-        tree, root, env, call, owned = self._begin(sink, session, root_environment)
-        outcome: Outcome | None = None
-        error: BaseException | None = None
-        try:
-            messages = tree.open_node(root, question, context, env, call, session)
-            outcome = tree.run_sync(root, messages, env)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            result = self._finish(tree, root, env, session, owned, outcome, error, started,
-                                  trace_path, question)
-        assert result is not None
-        return result
+        run = self.open(question, sink=sink, session=session, trace_path=trace_path,
+                        root_environment=root_environment)
+        with self._tracked(run), run:
+            run.drive_sync(context)
+        assert run.result is not None
+        return run.result
 
     async def arun(self, question: str | None, context: Any, *, sink: TraceSink,
                    session: Session | None = None, trace_path: str | None = None,
                    root_environment: Environment | None = None) -> RLMResult:
         """The async twin of ``run``; cancelling the task cancels the whole tree."""
-        started = time.monotonic()
-        tree, root, env, call, owned = self._begin(sink, session, root_environment)
-        outcome: Outcome | None = None
-        error: BaseException | None = None
-        try:
-            messages = await asyncio.to_thread(tree.open_node, root, question, context, env,
-                                               call, session)
-            outcome = await tree.run_async(root, messages, env)
-        except BaseException as exc:
-            error = exc
-            tree.budget.cancel()
-            raise
-        finally:
-            result = await asyncio.to_thread(self._finish, tree, root, env, session, owned,
-                                             outcome, error, started, trace_path, question)
-        assert result is not None
-        return result
-
-    @staticmethod
-    def _attach_partial(exc: BaseException, tree: _Tree, root: NodeRef, started: float,
-                        trace_path: str | None) -> None:
-        if not isinstance(exc, RLMError):
-            return
-        exc.run_id = exc.run_id or root.run_id
-        prose = ""
-        for event in reversed(tree.memory.events):
-            if event.type == "lm_call" and event.run_id == root.run_id and event.data.get(
-                    "response"):
-                prose = event.data["response"]
-                break
-        outcome = Outcome(prose, "error", root.iteration, None)
-        exc.partial = tree.result(root, outcome, started, trace_path)
+        run = self.open(question, sink=sink, session=session, trace_path=trace_path,
+                        root_environment=root_environment)
+        with self._tracked(run):
+            async with run:
+                await run.drive_async(context)
+        assert run.result is not None
+        return run.result

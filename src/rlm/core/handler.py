@@ -18,7 +18,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from rlm.backends.base import LMBackend
@@ -45,6 +45,18 @@ def _reraise(exc: BaseException, backend: LMBackend) -> NoReturn:
     if isinstance(exc, RLMError) or not isinstance(exc, Exception):
         raise exc
     raise BackendError(f"{backend.name}: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One charged LM call under way: what settles it (commit or release) needs."""
+
+    backend: LMBackend
+    request: CompletionRequest
+    reservation: Any
+    node: NodeRef
+    purpose: str
+    started: float
 
 
 def cap_answer(text: str, limit: int | None) -> str:
@@ -93,8 +105,9 @@ class LMHandler:
             cf.wait(futures, timeout=timeout_s)
 
     # -- charged LM calls -------------------------------------------------------------------
-    def _prepare(self, request: CompletionRequest, backend: LMBackend | None
-                 ) -> tuple[LMBackend, CompletionRequest, Any]:
+    def _prepare(self, request: CompletionRequest, node: NodeRef, purpose: str,
+                 backend: LMBackend | None) -> _Call:
+        """Check the limits and reserve the call's estimate (released or committed later)."""
         backend = backend or self.router.for_depth(request.depth)
         self.budget.check()
         reservation = self.budget.reserve(
@@ -102,23 +115,33 @@ class LMHandler:
         )
         left = self.budget.time_left_s()
         timeout = request.timeout_s if left is None else min(left, request.timeout_s or left)
-        return backend, replace(request, timeout_s=timeout, cancel=self.budget.cancel_event), \
-            reservation
+        request = replace(request, timeout_s=timeout, cancel=self.budget.cancel_event)
+        return _Call(backend, request, reservation, node, purpose, time.monotonic())
 
-    def _record(self, node: NodeRef, purpose: str, backend: LMBackend,
-                request: CompletionRequest, completion: Completion | None,
-                error: BaseException | None, started: float) -> None:
+    def _charged(self, call: _Call, completion: Completion) -> Completion:
+        self.budget.commit(call.reservation, completion, call.backend.model_name)
+        self._record(call, completion, None)
+        return completion
+
+    def _failed(self, call: _Call, exc: BaseException) -> NoReturn:
+        self.budget.release(call.reservation)
+        self._record(call, None, exc)
+        _reraise(exc, call.backend)
+
+    def _record(self, call: _Call, completion: Completion | None,
+                error: BaseException | None) -> None:
+        backend, request = call.backend, call.request
         data: dict[str, Any] = {
-            "purpose": purpose,
+            "purpose": call.purpose,
             "backend": backend.name,
             "model": backend.model_name,
             "usage_key": backend.model_name,
             "call_depth": request.depth,
-            "latency_s": time.monotonic() - started,
+            "latency_s": time.monotonic() - call.started,
         }
         # A turn's prompt is the node's history: its parts are already in the trace (the
         # replies here, the outputs in code_exec), so it is not repeated on every call.
-        if purpose != "turn":
+        if call.purpose != "turn":
             data.update(preview_fields(
                 prompt=request.messages[-1]["content"] if request.messages else ""))
         if completion is not None:
@@ -129,37 +152,27 @@ class LMHandler:
         if error is not None:
             data["error"] = _error(error)
             data.update(input_tokens=0, output_tokens=0, cost_usd=0.0)
-        self.tracer.emit("lm_call", node, **data)
+        self.tracer.emit("lm_call", call.node, **data)
 
     def complete(self, request: CompletionRequest, node: NodeRef, *, purpose: str = "turn",
                  backend: LMBackend | None = None) -> Completion:
         """Run one LM call for ``node``: check limits, reserve, call, charge, trace."""
-        backend, request, reservation = self._prepare(request, backend)
-        started = time.monotonic()
+        call = self._prepare(request, node, purpose, backend)
         try:
-            completion = backend.complete(request)
+            completion = call.backend.complete(call.request)
         except BaseException as exc:
-            self.budget.release(reservation)
-            self._record(node, purpose, backend, request, None, exc, started)
-            _reraise(exc, backend)
-        self.budget.commit(reservation, completion, backend.model_name)
-        self._record(node, purpose, backend, request, completion, None, started)
-        return completion
+            self._failed(call, exc)
+        return self._charged(call, completion)
 
     async def acomplete(self, request: CompletionRequest, node: NodeRef, *,
                         purpose: str = "turn", backend: LMBackend | None = None) -> Completion:
         """The async twin of ``complete``."""
-        backend, request, reservation = self._prepare(request, backend)
-        started = time.monotonic()
+        call = self._prepare(request, node, purpose, backend)
         try:
-            completion = await backend.acomplete(request)
+            completion = await call.backend.acomplete(call.request)
         except BaseException as exc:
-            self.budget.release(reservation)
-            self._record(node, purpose, backend, request, None, exc, started)
-            _reraise(exc, backend)
-        self.budget.commit(reservation, completion, backend.model_name)
-        self._record(node, purpose, backend, request, completion, None, started)
-        return completion
+            self._failed(call, exc)
+        return self._charged(call, completion)
 
     # -- requests from REPL code ------------------------------------------------------------
     def handle(self, message: dict[str, Any], node: NodeRef) -> dict[str, Any]:

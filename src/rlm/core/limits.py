@@ -8,7 +8,7 @@ import numbers
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlm.errors import (
@@ -106,6 +106,11 @@ class Limits:
         if self.max_timeout is not None and self.max_timeout > MAX_TIMEOUT_S:
             raise ConfigError(f"max_timeout must be at most {MAX_TIMEOUT_S:g} seconds, got "
                               f"{self.max_timeout:g}; pass None for no time limit")
+
+    def with_overrides(self, **values: Any) -> Limits:
+        """These limits with every value given (not ``None``) replaced, checked again."""
+        given = {name: value for name, value in values.items() if value is not None}
+        return replace(self, **given) if given else self
 
 
 @dataclass

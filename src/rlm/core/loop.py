@@ -30,10 +30,18 @@ from rlm.core import prompts
 from rlm.core.handler import cap_answer
 from rlm.core.limits import Budget
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
-from rlm.errors import Cancelled, LimitExceeded
+from rlm.errors import Cancelled, ConfigError, LimitExceeded
 from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
-from rlm.types import Answer, Completion, CompletionRequest, ExecResult, Message, NodeRef
+from rlm.types import (
+    Answer,
+    Completion,
+    CompletionRequest,
+    ExecResult,
+    Message,
+    NodeRef,
+    StopReason,
+)
 
 __all__ = ["CallLM", "Loop", "LoopConfig", "Outcome", "RunCode", "Step"]
 
@@ -59,18 +67,58 @@ Step = CallLM | RunCode
 TRACE_OUTPUT_CHARS = 100_000
 
 
+_REQUIRED = ("max_output_chars", "max_concurrency")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
-    """Knobs of the loop that are not limits."""
+    """How every node of the tree runs, apart from the limits: ``RLM(loop=LoopConfig(...))``.
+
+    - ``max_output_chars``: code output fed back to the model per turn (head and tail kept).
+    - ``max_answer_chars``: the longest answer, in characters (``None``: no limit).  The
+      REPL refuses a longer ``FINAL``/``FINAL_VAR`` with an ``AnswerTooLong`` error the
+      model sees; an ``llm_query`` reply or ``rlm_query`` answer handed to REPL code is cut
+      to it with a marker.
+    - ``max_output_tokens`` / ``sub_call_max_output_tokens``: caps on the tokens one reply
+      may generate, for the nodes' turns and for sub-calls (``None``: the backend's default).
+    - ``temperature``: for every call (``None``: the backend's default).
+    - ``max_concurrency``: how many calls of one batched request run at once.
+    - ``extract_on_limit``: when the turns run out, ask once more for a plain answer.
+    - ``system_prompt``: replaces the profile's system prompt (a ``str.format`` template).
+    - ``prompt_profile``: the prompt wording, ``"default"`` or ``"small"``
+      (``rlm.core.prompts.PROFILES``); ``None``: the one the backend asks for.
+    - ``sub_calls=False``: a REPL-only RLM, ``llm_query`` / ``rlm_query`` disabled and not
+      offered in the prompt (the paper's "no sub-calls" ablation).
+    - ``block_time_share``: under ``max_timeout``, the share of the time left one block may
+      use (at least ``MIN_BLOCK_S``), so a runaway block leaves the model time to react.
+    """
 
     max_output_chars: int = 20_000
-    extract_on_limit: bool = True
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    grammar: str | None = None
-    prompt_style: str = "default"
-    #: The longest final answer (and child answer, and sub-call reply) in characters.
     max_answer_chars: int | None = MAX_ANSWER_CHARS
+    max_output_tokens: int | None = None
+    sub_call_max_output_tokens: int | None = None
+    temperature: float | None = None
+    max_concurrency: int = 16
+    extract_on_limit: bool = True
+    system_prompt: str | None = None
+    prompt_profile: str | None = None
+    sub_calls: bool = True
+    block_time_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("max_output_chars", "max_concurrency", "max_answer_chars",
+                     "max_output_tokens", "sub_call_max_output_tokens"):
+            value, optional = getattr(self, name), name not in _REQUIRED
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                kind = "a positive int or None" if optional else "a positive int"
+                raise ConfigError(f"{name} must be {kind}, got {value!r}")
+        if self.prompt_profile is not None and self.prompt_profile not in prompts.PROFILES:
+            raise ConfigError(f"unknown prompt_profile {self.prompt_profile!r}; choose one of "
+                              f"{', '.join(sorted(prompts.PROFILES))}")
+        if not 0 < self.block_time_share <= 1:
+            raise ConfigError(f"block_time_share must be in (0, 1], got {self.block_time_share!r}")
 
 
 @dataclass(frozen=True)
@@ -78,12 +126,12 @@ class Outcome:
     """How a node ended."""
 
     response: str
-    stop_reason: str
+    stop_reason: StopReason
     iterations: int
     answer_source: str | None
 
 
-def _reason(exc: BaseException, budget: Budget) -> str:
+def _reason(exc: BaseException, budget: Budget) -> StopReason:
     if isinstance(exc, Cancelled) and budget.tripped is not None:
         return budget.tripped.stop_reason
     return getattr(exc, "stop_reason", "cancelled")
@@ -99,24 +147,28 @@ class Loop:
     """The REPL loop of one node: ask, run the code, feed the output back, until FINAL."""
 
     def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
-                 config: LoopConfig, tracer: Tracer) -> None:
+                 config: LoopConfig, tracer: Tracer, prompt_profile: str = "default") -> None:
         self.node = node
         self.budget = budget
         self.messages = messages
         self.config = config
         self.tracer = tracer
+        self.prompt_profile = prompt_profile
+        #: The model's last reply: the best answer there is when the run fails before FINAL.
+        self.last_reply = ""
 
     def _request(self, purpose: str = "turn") -> CompletionRequest:
         return CompletionRequest(
             messages=list(self.messages), depth=self.node.depth,
             temperature=self.config.temperature,
-            max_output_tokens=self.config.max_output_tokens, grammar=self.config.grammar,
+            max_output_tokens=self.config.max_output_tokens,
             purpose=purpose, cache_key=self.node.run_id,
         )
 
     def steps(self) -> Generator[Step, Any, Outcome]:
+        """The node's turns, as steps to perform (see the module docstring)."""
         answer: Answer | None = None
-        stop = "final"
+        stop: StopReason = "final"
         last_prose = ""
         iterations = 0
         while answer is None:
@@ -132,7 +184,7 @@ class Loop:
             except (LimitExceeded, Cancelled) as exc:
                 stop = _reason(exc, self.budget)
                 break
-            reply = completion.text
+            reply = self.last_reply = completion.text
             self.messages.append({"role": "assistant", "content": reply})
             blocks = find_code_blocks(reply)
             last_prose = strip_code(reply, blocks).strip() or last_prose
@@ -153,7 +205,7 @@ class Loop:
             feedback = prompts.turn_feedback(
                 results, iteration=iterations, max_output_chars=self.config.max_output_chars,
                 iterations_left=self.budget.remaining()["iterations_left"],
-                style=self.config.prompt_style,
+                prompt_profile=self.prompt_profile,
             ) if results else prompts.NO_CODE_FEEDBACK
             self.messages.append({"role": "user", "content": feedback})
             if self.budget.tripped is not None:

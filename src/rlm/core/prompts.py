@@ -130,6 +130,8 @@ PROFILES = {
 
 
 def profile(name: str) -> PromptProfile:
+    """The profile called ``name`` (``LoopConfig`` refuses unknown names; here they get the
+    default, so a backend naming a profile this version lacks still runs)."""
     return PROFILES.get(name, PROFILES["default"])
 
 
@@ -140,7 +142,7 @@ def system_prompt(
     tools: Mapping[str, Tool] | None = None,
     chunk_chars: int = 50_000,
     template: str | None = None,
-    style: str = "default",
+    prompt_profile: str = "default",
     sub_calls: bool = True,
 ) -> str:
     """The system prompt for a node at ``depth`` (``template`` replaces the profile's)."""
@@ -148,7 +150,7 @@ def system_prompt(
     depth_note = "" if can_recurse or not sub_calls else (
         "Here rlm_query is a plain model call (maximum depth reached).\n"
     )
-    return (template or profile(style).system).format(
+    return (template or profile(prompt_profile).system).format(
         tools=_tools_text(tools or {}), chunk_chars=f"{chunk_chars:,}", depth_note=depth_note,
         sub_calls=SUB_CALLS_HELP if sub_calls else NO_SUB_CALLS_HELP,
         chunk_rule=(f"; use llm_query on chunks of at most ~{chunk_chars:,} characters when "
@@ -190,9 +192,9 @@ _NOTHING = {"", "0", "[]", "{}", "()", "None", "set()"}
 
 def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
                   max_output_chars: int, iterations_left: int | None = None,
-                  style: str = "default") -> str:
+                  prompt_profile: str = "default") -> str:
     """The user message that reports what the reply's code blocks printed."""
-    chosen = profile(style)
+    chosen = profile(prompt_profile)
     if chosen.max_output_chars is not None:
         max_output_chars = min(max_output_chars, chosen.max_output_chars)
     parts = []

@@ -28,9 +28,11 @@ class ModelRouter:
         self.named_backends = dict(named or {})
 
     def for_depth(self, depth: int) -> LMBackend:
+        """The backend of a call at ``depth`` (0: the root's own turns)."""
         return self.root if depth == 0 or self.sub is None else self.sub
 
     def named(self, name: str) -> LMBackend:
+        """The backend ``llm_query(..., model=name)`` asks for."""
         if name in self.named_backends:
             return self.named_backends[name]
         for backend in (self.root, self.sub):
@@ -41,11 +43,17 @@ class ModelRouter:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(known)}")
 
     def all(self) -> list[LMBackend]:
+        """Every distinct backend, root first."""
         seen: dict[int, LMBackend] = {}
         for backend in (self.root, self.sub, *self.named_backends.values()):
             if backend is not None:
                 seen.setdefault(id(backend), backend)
         return list(seen.values())
 
+    def unpriced(self) -> list[str]:
+        """The model names whose price is unknown (``LMBackend.prices_known``)."""
+        return [backend.model_name for backend in self.all() if not backend.prices_known]
+
     def secrets(self) -> list[str]:
+        """Every backend's secrets (API keys), for the trace's scrubber."""
         return [s for backend in self.all() for s in backend.secrets()]
