@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from rlm.bench.report import format_length, markdown, summarize, write_report
 from rlm.bench.runner import run
-from rlm.bench.tasks import make_instances
+from rlm.bench.tasks import instance_id, make_instances
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def row(task, length, method, score, seed=0, **extra):
-    return {"id": f"{task}-{length}-s{seed}", "task": task, "length": length, "seed": seed,
+    return {"id": instance_id(task, length, seed), "task": task, "length": length, "seed": seed,
             "method": method, "model": "m", "score": score, "cost_usd": 0.01,
             "input_tokens": 1000, "output_tokens": 10, "latency_s": 2.0, "error": None,
             "extra": {"window_tokens": 8192}, **extra}

@@ -126,7 +126,7 @@ def test_rlm_no_sub_offers_and_makes_no_sub_calls(scripted):
     instance = make_instance("niah", SMALL)
     result = run_method("rlm-no-sub", instance, backend, MethodConfig())
     assert result.answer == "done"
-    assert result.extra["sub_calls"] == 0 and result.calls == 2 == len(backend.calls)
+    assert result.extra["sub_calls"] == 0 and result.usage.calls == 2 == len(backend.calls)
     system = backend.calls[0].messages[0]["content"]
     assert "llm_query(prompt) -> str" not in system
     assert "refused: SubCallsDisabled" in backend.calls[1].messages[-1]["content"]
@@ -136,7 +136,7 @@ def test_rlm_counts_its_sub_calls(scripted):
     backend = scripted([repl("x = llm_query('what?')"), "sub answer", repl("FINAL(x)")])
     result = run_method("rlm", make_instance("niah", SMALL), backend, MethodConfig())
     assert result.answer == "sub answer"
-    assert result.extra["sub_calls"] == 1 and result.calls == 3
+    assert result.extra["sub_calls"] == 1 and result.usage.calls == 3
 
 
 def test_base_cuts_further_when_the_backend_refuses_a_long_prompt(scripted):
@@ -150,7 +150,7 @@ def test_base_cuts_further_when_the_backend_refuses_a_long_prompt(scripted):
 
     result = run_method("base", make_instance("niah", SMALL), scripted(small_window),
                         MethodConfig(window_tokens=4096))
-    assert result.answer == "42" and result.calls == 1
+    assert result.answer == "42" and result.usage.calls == 1
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] <= 6_000 < sizes[0]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -152,6 +153,52 @@ def test_bad_script_file(cli_runner, tmp_path):
     result = cli_runner.invoke(cli, ["run", "q", "--script", str(bad)])
     assert result.exit_code == 2
     assert "JSON list" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["run q", "bench --no-progress -t niah"])
+def test_script_and_the_scripted_backend_go_together(cli_runner, script, command, tmp_path):
+    args = [*command.split(), "--no-trace"] if command.startswith("run") else \
+        [*command.split(), "--out", str(tmp_path / "r.jsonl")]
+    wrong = cli_runner.invoke(cli, [*args, "-b", "openai", "--script", str(script("x"))])
+    assert wrong.exit_code == 2
+    assert "--script needs the scripted backend" in one_error_line(wrong.stderr)
+    missing = cli_runner.invoke(cli, [*args, "-b", "scripted"])
+    assert missing.exit_code == 2
+    assert "the scripted backend needs --script FILE" in one_error_line(missing.stderr)
+
+
+def test_only_the_embedded_model_gets_the_assembly_bar(tmp_path):
+    from rlm.cli.backend_flags import AssemblyBar, backend_kwargs
+
+    assert isinstance(backend_kwargs("local", model="m")["progress"], AssemblyBar)
+    assert backend_kwargs("openai", model="m", base_url="u") == {"model": "m", "base_url": "u"}
+
+
+class _Stderr(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_assembly_bar(monkeypatch, tty):
+    from rlm.cli.backend_flags import AssemblyBar
+
+    stderr = _Stderr(tty)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    bar, block, total = AssemblyBar(), 8 << 20, 100 << 20
+    for done in [*range(block, total, block), total]:
+        bar("tiny", done, total)
+    lines = stderr.getvalue().split("\r" if tty else "\n")
+    if tty:  # redrawn in place every 5%, then one newline
+        assert lines[0] == "" and len(lines) == 1 + 13 and stderr.getvalue().endswith("\n")
+        assert lines[1] == "rlm: assembling tiny [##............................] 8/105 MB"
+    else:  # a log file gets the first and the last line
+        assert lines == ["rlm: assembling tiny [##............................] 8/105 MB",
+                         "rlm: assembling tiny [##############################] 105/105 MB", ""]
 
 
 def test_limit_stop_prints_partial_answer_and_exits_3(cli_runner, script):

@@ -13,9 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from rlm.backends.local import LocalBackend
-from rlm.backends.local_models import DEFAULT_MODEL
-
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -24,24 +21,20 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
-def local_model_path():
-    """The assembled default GGUF (assembled from its chunk packages on first use)."""
-    from rlm.backends.local_models import ensure_model
-
-    return ensure_model(DEFAULT_MODEL)
-
-
-@pytest.fixture(scope="session")
-def local_backend(local_model_path):
-    """One loaded embedded model shared by the tests of this session."""
-    backend = LocalBackend(DEFAULT_MODEL)
-    backend.warm_up()
-    yield backend
-    backend.close()
+# ``local_model_path`` and ``local_backend`` live in tests/conftest.py (the backend
+# contract suite uses them too).
 
 
 # -- a real llama.cpp server (``python -m llama_cpp.server``) ---------------------------------
+#: ``python -m llama_cpp.server``, with the model loaded as the local backend loads it (no
+#: weight repacking on a CPU with AMX, where llama.cpp 0.3.x crashes in decode).
+_SERVER_MAIN = (
+    "import runpy, sys, llama_cpp\n"
+    "from rlm.backends.local import without_weight_repacking\n"
+    "sys.argv[0] = 'llama_cpp.server'\n"
+    "with without_weight_repacking(llama_cpp):\n"
+    "    runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+)
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -92,7 +85,7 @@ class LlamaServer:
             return ""
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path,
+        return [sys.executable, "-c", _SERVER_MAIN, "--model", self.model_path,
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
                 "--use_mlock", "False"]

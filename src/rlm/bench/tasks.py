@@ -23,7 +23,8 @@ from rlm.bench import codeqa, multihop, oolong
 from rlm.bench.scoring import score
 from rlm.bench.text import NameMaker, prose
 
-__all__ = ["TASKS", "Instance", "Task", "make_instance", "make_instances", "niah"]
+__all__ = ["TASKS", "Instance", "Task", "instance_id", "make_instance", "make_instances",
+           "niah"]
 
 CHARS_PER_TOKEN = 4
 
@@ -98,6 +99,11 @@ TASKS: dict[str, Task] = {
 }
 
 
+def instance_id(task: str, length: int, seed: int) -> str:
+    """The id of instance ``seed`` of ``task`` at ``length`` tokens: ``niah-8192-s0``."""
+    return f"{task}-{length}-s{seed}"
+
+
 def make_instance(task: str, length: int, seed: int = 0) -> Instance:
     """The instance ``seed`` of ``task`` at ``length`` tokens (same arguments, same instance)."""
     if task not in TASKS:
@@ -106,7 +112,7 @@ def make_instance(task: str, length: int, seed: int = 0) -> Instance:
         raise ConfigError(f"length must be a positive number of tokens, got {length}")
     rng = random.Random(f"{task}:{length}:{seed}")
     question, context, answer, scorer = TASKS[task].generate(rng, length * CHARS_PER_TOKEN)
-    return Instance(id=f"{task}-{length}-s{seed}", task=task, length=length,
+    return Instance(id=instance_id(task, length, seed), task=task, length=length,
                     question=question, context=context, answer=answer, scorer=scorer,
                     seed=seed)
 

@@ -1,9 +1,10 @@
 """The ``rlm`` command line: the click group, the error -> exit-code mapping and ``main``.
 
-Commands live in ``run.py`` (``rlm run``) and ``listing.py`` (``rlm backends``, ``rlm envs``,
-``rlm trace show``).  Every ``RLMError`` is caught once, here, and printed as one
-``Error: ...`` line on stderr with the exception's ``exit_code`` (2 for configuration
-errors, 3 for limits, 1 otherwise).  ``RLM_DEBUG=1`` re-raises unexpected exceptions.
+Commands live in ``run.py`` (``rlm run``), ``bench.py``, ``demo.py`` and ``listing.py``
+(``rlm backends``, ``rlm envs``, ``rlm trace show``); ``backend_flags.py`` turns the backend
+flags they share into backend arguments.  Every ``RLMError`` is caught once, here, and
+printed as one ``Error: ...`` line on stderr with the exception's ``exit_code`` (2 for
+configuration errors, 3 for limits, 1 otherwise).  ``RLM_DEBUG=1`` re-raises unexpected exceptions.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from rlm import config as rlm_config
+from rlm.cli.backend_flags import backend_kwargs
 from rlm.errors import ConfigError
 
 __all__ = ["bench", "parse_lengths"]
@@ -48,24 +49,6 @@ def _option(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except ValueError:
         return key.strip(), value
-
-
-def _backend_kwargs(backend: str, model: str | None, base_url: str | None,
-                    options: tuple[str, ...], script: Path | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(_option(o) for o in options)
-    if model:
-        kwargs["model"] = model
-    if base_url:
-        kwargs["base_url"] = base_url
-    if script is not None:
-        if backend != "scripted":
-            raise ConfigError("--script needs the scripted backend (-b scripted)")
-        from rlm.cli.run import _read_script
-
-        kwargs["responses"] = _read_script(script)
-    elif backend == "scripted":
-        raise ConfigError("the scripted backend needs --script FILE (a JSON list of replies)")
-    return kwargs
 
 
 @click.command()
@@ -118,7 +101,8 @@ def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backen
     from rlm.bench.tasks import TASKS
 
     name = backend or ("scripted" if script else rlm_config.DEFAULT_BACKEND)
-    kwargs = _backend_kwargs(name, model, base_url, backend_options, script)
+    kwargs = backend_kwargs(name, model=model, base_url=base_url, script=script,
+                            options=dict(_option(o) for o in backend_options))
     config = MethodConfig(window_tokens=window, max_iterations=max_iterations,
                           max_timeout=max_timeout)
     rows = run(_names(tasks, list(TASKS)), parse_lengths(lengths),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from rlm.bench.documents import service_log
-from rlm.cli.run import execute
+from rlm.cli.run import RunOptions, answer_question
 from rlm.config import user_dir
 
 __all__ = ["demo"]
@@ -35,13 +33,9 @@ def demo(chars: int, seed: int, backend: str | None, model: str | None, max_iter
     path.write_text(document.text, encoding="utf-8")
     click.echo(f"rlm demo: {len(document.text):,} characters of log in {path}", err=True)
     click.echo(f"rlm demo: question: {document.question}", err=True)
-    options: dict[str, Any] = {
-        "script": None, "backend": backend, "model": model, "base_url": None, "env": None,
-        "max_depth": None, "max_iterations": max_iterations, "max_budget": None,
-        "max_timeout": None, "max_tokens": None, "max_errors": None, "sub_backend": None,
-        "sub_model": None, "trace": None, "no_trace": False, "verbose": verbose,
-    }
-    result = execute(document.question, path, options)
+    options = RunOptions(backend=backend, model=model, max_iterations=max_iterations,
+                         verbose=verbose)
+    result = answer_question(document.question, path, options)
     got = result.response.strip().strip("\"'`. ")
     if got == document.answer:
         click.echo(f"rlm demo: correct (the hidden answer is {document.answer})", err=True)

@@ -1,4 +1,8 @@
-"""``rlm run``: build an ``RLM`` from flags, answer one question, print only the answer."""
+"""``rlm run``: build an ``RLM`` from flags, answer one question, print only the answer.
+
+The flags become one ``RunOptions``; ``answer_question`` builds the ``RLM`` from it and runs
+it (``rlm demo`` builds its own ``RunOptions``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +21,44 @@ import click
 
 from rlm import config
 from rlm.api import RLM
+from rlm.cli.backend_flags import assembly_progress, backend_kwargs
 from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded, RLMError
 from rlm.result import RLMResult
 
-__all__ = ["execute", "run"]
+__all__ = ["RunOptions", "answer_question", "run"]
 
 
-def _read_script(path: Path) -> list[str]:
-    try:
-        replies = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"script file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read script file {path}: {exc}") from None
-    if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
-        raise ConfigError(f"script file {path} must hold a JSON list of reply strings")
-    return replies
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``rlm run`` builds its ``RLM`` from: one field per flag, ``None`` (or ``False``)
+    when the flag is not given, which leaves the library's default."""
+
+    backend: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    env: str | None = None
+    max_depth: int | None = None
+    max_iterations: int | None = None
+    max_budget: float | None = None
+    max_timeout: float | None = None
+    max_tokens: int | None = None
+    max_errors: int | None = None
+    sub_backend: str | None = None
+    sub_model: str | None = None
+    trace: Path | None = None
+    no_trace: bool = False
+    verbose: bool = False
+    script: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace is not None and self.no_trace:
+            raise ConfigError("give --trace PATH or --no-trace, not both")
+
+    @property
+    def backend_name(self) -> str:
+        """``--backend``, else ``scripted`` with ``--script``, else the CLI's default."""
+        return self.backend or ("scripted" if self.script else config.DEFAULT_BACKEND)
 
 
 def _context(spec: str | None) -> Any:
@@ -47,43 +73,39 @@ def _context(spec: str | None) -> Any:
     return path
 
 
-def _build(options: dict[str, Any]) -> RLM:
-    script: Path | None = options["script"]
-    backend = options["backend"] or ("scripted" if script else config.DEFAULT_BACKEND)
-    backend_kwargs: dict[str, Any] = {}
-    if options["model"]:
-        backend_kwargs["model"] = options["model"]
-    if options["base_url"]:
-        backend_kwargs["base_url"] = options["base_url"]
-    if script is not None:
-        if backend != "scripted":
-            raise ConfigError("--script needs the scripted backend (-b scripted)")
-        backend_kwargs["responses"] = _read_script(script)
-    kwargs: dict[str, Any] = {
-        name: options[name]
-        for name in ("max_depth", "max_iterations", "max_budget", "max_timeout", "max_tokens",
-                     "max_errors")
-        if options[name] is not None
-    }
-    if options["env"]:
-        kwargs["environment"] = options["env"]
-    if options["sub_backend"] or options["sub_model"]:
-        sub: dict[str, Any] = {"backend": options["sub_backend"] or backend}
-        if options["sub_model"]:
-            sub["model"] = options["sub_model"]
-        if options["base_url"] and not options["sub_backend"]:
-            sub["base_url"] = options["base_url"]
-        kwargs["sub_backend"] = sub
-    if options["trace"] is not None and options["no_trace"]:
-        raise ConfigError("give --trace PATH or --no-trace, not both")
-    if options["trace"] is not None:
-        trace: Path = options["trace"]
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        trace.touch()  # an existing file is appended to, whatever its name
-        kwargs["trace"] = trace
-    elif not options["no_trace"]:
-        kwargs["trace"] = user_dir() / "traces"  # a directory: one file per run
-    return RLM(backend, backend_kwargs, verbose=options["verbose"], **kwargs)
+def _sub_backend(options: RunOptions, backend: str) -> dict[str, Any] | None:
+    """``--sub-backend`` / ``--sub-model`` as a spec; ``--base-url`` goes along when the
+    sub-calls use the root's backend."""
+    if not (options.sub_backend or options.sub_model):
+        return None
+    name = options.sub_backend or backend
+    sub: dict[str, Any] = {"backend": name, **assembly_progress(name)}
+    if options.sub_model:
+        sub["model"] = options.sub_model
+    if options.base_url and not options.sub_backend:
+        sub["base_url"] = options.base_url
+    return sub
+
+
+def _trace(options: RunOptions) -> Path | None:
+    """``--trace FILE``, else one file per run under the user folder (none: ``--no-trace``)."""
+    if options.trace is not None:
+        options.trace.parent.mkdir(parents=True, exist_ok=True)
+        options.trace.touch()  # an existing file is appended to, whatever its name
+        return options.trace
+    return None if options.no_trace else user_dir() / "traces"
+
+
+def _build(options: RunOptions) -> RLM:
+    backend = options.backend_name
+    kwargs = backend_kwargs(backend, model=options.model, base_url=options.base_url,
+                            script=options.script)
+    sub, trace = _sub_backend(options, backend), _trace(options)
+    return RLM(backend, kwargs, environment=options.env or "local",
+               max_depth=options.max_depth, max_iterations=options.max_iterations,
+               max_budget=options.max_budget, max_timeout=options.max_timeout,
+               max_tokens=options.max_tokens, max_errors=options.max_errors,
+               verbose=options.verbose, sub_backend=sub, trace=trace)
 
 
 @contextlib.contextmanager
@@ -177,7 +199,8 @@ def run(question: str, context: str | None, as_json: bool, **options: Any) -> No
     the trace path go to stderr.  Exit status: 0 answered, 3 stopped by a limit (the
     partial answer is still printed), 130 cancelled, 2 bad arguments, 1 other errors.
     """
-    result = execute(question, _context(context), options, as_json=as_json)
+    result = answer_question(question, _context(context), RunOptions(**options),
+                             as_json=as_json)
     code = _exit_code(result.stop_reason)
     if code:
         click.echo(f"rlm: stopped early ({result.stop_reason}); the answer may be partial",
@@ -185,21 +208,27 @@ def run(question: str, context: str | None, as_json: bool, **options: Any) -> No
         raise click.exceptions.Exit(code)
 
 
-def execute(question: str, data: Any, options: dict[str, Any], *, as_json: bool = False
-            ) -> RLMResult:
-    """Build the RLM from ``options``, run it, print the answer and the summary."""
+def _announce(model: RLM, options: RunOptions) -> None:
+    """What runs where, on stderr (with ``-v`` the live call tree shows it instead)."""
+    root = model.router.for_depth(0)
+    if root.name == "local":
+        click.echo(f"rlm: running the embedded model {root.model_name} offline "
+                   "(llama.cpp on this CPU); use -b openai -m MODEL for a remote model",
+                   err=True)
+    if not options.verbose:
+        parts = [f"backend={root.name}", f"model={root.model_name}",
+                 f"env={options.env or 'local'}"]
+        if model.router.sub is not None:
+            parts.append(f"sub={model.router.sub.name}:{model.router.sub.model_name}")
+        click.echo("rlm: " + " ".join(parts), err=True)
+
+
+def answer_question(question: str, data: Any, options: RunOptions, *, as_json: bool = False
+                    ) -> RLMResult:
+    """Build the RLM from ``options``, answer ``question`` (over ``data`` unless ``None``),
+    print the answer on stdout and the summary on stderr."""
     with _build(options) as model:
-        root = model.router.for_depth(0)
-        if root.name == "local":
-            click.echo(f"rlm: running the embedded model {root.model_name} offline "
-                       "(llama.cpp on this CPU); use -b openai -m MODEL for a remote model",
-                       err=True)
-        if not options["verbose"]:
-            parts = [f"backend={root.name}", f"model={root.model_name}",
-                     f"env={options['env'] or 'local'}"]
-            if model.router.sub is not None:
-                parts.append(f"sub={model.router.sub.name}:{model.router.sub.model_name}")
-            click.echo("rlm: " + " ".join(parts), err=True)
+        _announce(model, options)
         with _cancel_on_sigint(model), _stdout_kept_for_the_answer():
             try:
                 result = (model.completion(question) if data is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,9 @@ class TraceNode:
         usage: dict[str, ModelUsage] = {}
         for call in self.lm_calls:
             d = call.data
-            u = usage.setdefault(d.get("usage_key") or d.get("model", "?"), ModelUsage())
-            u.calls += 1
-            u.input_tokens += d.get("input_tokens", 0)
-            u.output_tokens += d.get("output_tokens", 0)
-            u.cost_usd += d.get("cost_usd") or 0.0
+            _add_usage(usage, d.get("usage_key") or d.get("model", "?"), ModelUsage(
+                calls=1, input_tokens=d.get("input_tokens", 0),
+                output_tokens=d.get("output_tokens", 0), cost_usd=d.get("cost_usd") or 0.0))
         return usage
 
     @property
@@ -90,12 +88,8 @@ class TraceNode:
         """Usage of this node's whole subtree, per model."""
         total: dict[str, ModelUsage] = {}
         for node in self.walk():
-            for key, u in node.own_usage.items():
-                t = total.setdefault(key, ModelUsage())
-                t.calls += u.calls
-                t.input_tokens += u.input_tokens
-                t.output_tokens += u.output_tokens
-                t.cost_usd += u.cost_usd
+            for key, usage in node.own_usage.items():
+                _add_usage(total, key, usage)
         return total
 
     @property
@@ -119,6 +113,13 @@ class TraceNode:
             "events": [e.to_dict() for e in self.events],
             "children": [c.to_dict() for c in self.children],
         }
+
+
+def _add_usage(total: dict[str, ModelUsage], key: str, usage: ModelUsage) -> None:
+    """Add ``usage`` into ``total[key]``, every field of ``ModelUsage``."""
+    into = total.setdefault(key, ModelUsage())
+    for name in (f.name for f in fields(ModelUsage)):
+        setattr(into, name, getattr(into, name) + getattr(usage, name))
 
 
 def build_tree(events: Iterable[TraceEvent]) -> list[TraceNode]:
