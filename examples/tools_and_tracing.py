@@ -7,7 +7,8 @@
   (``tools={"name": "def name(...): ..."}``).
 - ``trace="run.jsonl"`` appends one JSON object per event to a JSONL file (a directory
   gets one file per call).
-- ``rlm.load_trace(path)`` (``rlm.trace.load``) rebuilds the call tree (a ``TraceNode``) from that file.
+- ``rlm.load_trace(path)`` (also ``rlm.trace.load``) rebuilds the call tree (a
+  ``TraceNode``) from that file.
 
 The scripted model converts invoices to euros with the ``eur_rate`` tool and checks one
 figure with ``llm_query``.  The trace goes to a temporary folder (or to the path given as
