@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated user dir, no provider keys, scripted backends."""
+"""Shared fixtures: an isolated user dir, no provider keys, scripted backends, the embedded
+model (loaded once a session, for the tests marked ``model``)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,26 @@ def scripted() -> Iterator[Callable[..., ScriptedBackend]]:
     yield make
     for backend in made:
         backend.close()
+
+
+@pytest.fixture(scope="session")
+def local_model_path():
+    """The assembled default GGUF (assembled from its chunk packages on first use)."""
+    from rlm.backends.local_models import DEFAULT_MODEL, ensure_model
+
+    return ensure_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def local_backend(local_model_path):
+    """One loaded embedded model shared by the tests of this session."""
+    from rlm.backends.local import LocalBackend
+    from rlm.backends.local_models import DEFAULT_MODEL
+
+    backend = LocalBackend(DEFAULT_MODEL)
+    backend.warm_up()
+    yield backend
+    backend.close()
 
 
 def repl(code: str) -> str:

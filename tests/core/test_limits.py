@@ -3,11 +3,13 @@ import threading
 
 import pytest
 
+from rlm.bridge import guest
 from rlm.core.limits import Budget, Limits
 from rlm.errors import (
     BudgetExceeded,
     ConfigError,
     IterationLimitExceeded,
+    LimitExceeded,
     TimeLimitExceeded,
     TokenLimitExceeded,
 )
@@ -68,8 +70,10 @@ def test_released_reservation_gives_room_back():
     budget = Budget(Limits(max_budget=1.0))
     r = budget.reserve(0.9, 0)
     budget.release(r)
-    budget.release(r)  # twice is harmless
+    budget.release(r)  # twice is harmless: the room comes back once
     budget.reserve(0.9, 0)
+    with pytest.raises(BudgetExceeded):
+        budget.reserve(0.2, 0)
 
 
 def test_iterations_are_counted_across_the_tree_without_tripping():
@@ -98,3 +102,15 @@ def test_usage_is_summed_per_model_not_overwritten():
         budget.commit(budget.reserve(0, 0), done(0.5, 10), "same-model")
     usage = budget.usage_snapshot()["same-model"]
     assert (usage.calls, usage.input_tokens, usage.cost_usd) == (3, 30, 1.5)
+
+
+def test_the_guest_knows_every_limit_of_the_tree():
+    """The guest (standard library only, so it cannot import ``rlm.errors``) tells a limit
+    (``LimitReached``) from a failed query by the error's name: every ``LimitExceeded``
+    of ``rlm.errors``, and ``Cancelled``."""
+
+    def tree(cls: type) -> set[str]:
+        own = [sub for sub in cls.__subclasses__() if sub.__module__ == "rlm.errors"]
+        return {cls.__name__}.union(*(tree(sub) for sub in own))
+
+    assert tree(LimitExceeded) | {"Cancelled"} == guest.LIMIT_KINDS

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from rlm import RLM
+from rlm.backends.scripted import ScriptedBackend
+from rlm.types import CompletionRequest
 from tests.conftest import repl
 
 
@@ -77,11 +80,32 @@ def test_timeout_stops_in_flight_batch_without_waiting():
     assert time.monotonic() - started < 3.0
 
 
-def test_max_tokens_stops_the_run():
-    result = RLM(backend="scripted", backend_kwargs={"responses": loop_forever},
-                 max_tokens=3000, extract_on_limit=False).completion("c" * 2000)
+class EstimatesKept(ScriptedBackend):
+    """A scripted backend that keeps the token estimate of every call it is asked to price."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.estimates: list[int] = []
+
+    def estimate_tokens(self, request: CompletionRequest) -> int:
+        estimate = super().estimate_tokens(request)
+        self.estimates.append(estimate)
+        return estimate
+
+
+def test_max_tokens_stops_the_run_at_the_first_call_that_would_not_fit():
+    backend = EstimatesKept(loop_forever)
+    result = RLM(backend=backend, max_tokens=3000, extract_on_limit=False).completion("c" * 2000)
     assert result.stop_reason == "tokens"
-    assert result.input_tokens + result.output_tokens <= 3000 + 2000
+    calls = [event.data for event in result.trace.lm_calls]
+    # The scripted backend charges exactly the input it estimated (4 characters a token), so
+    # the ledger admits a call only while the tokens used and its input fit in max_tokens.
+    assert [call["input_tokens"] for call in calls] == backend.estimates[:len(calls)]
+    assert len(backend.estimates) == len(calls) + 1  # one more call was priced, and refused
+    total = result.input_tokens + result.output_tokens
+    assert total == sum(call["input_tokens"] + call["output_tokens"] for call in calls)
+    assert total - calls[-1]["output_tokens"] <= 3000  # the last call started within the limit
+    assert total + backend.estimates[-1] > 3000  # the refused one would not have fit
 
 
 def test_max_errors_stops_the_run():

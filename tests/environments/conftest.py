@@ -9,13 +9,8 @@ import pytest
 from rlm import registry
 
 #: Registry names of the environments under test; each must pass the whole shared suite.
-ENVIRONMENTS = ["local", "subprocess"]
-ENVIRONMENTS.append("pyodide")
-ENVIRONMENTS.append("sandbox")
-ENVIRONMENTS.append("gvisor")
-ENVIRONMENTS.append("ipython")
-ENVIRONMENTS.append("docker")
-ENVIRONMENTS.append("remote-local")
+ENVIRONMENTS = ["local", "subprocess", "pyodide", "sandbox", "gvisor", "ipython", "docker",
+                "remote-local"]
 #: Those that can stop a runaway block (``Environment.supports_timeout``).
 TIMEOUT_ENVIRONMENTS = [
     name for name in ENVIRONMENTS if registry.get_environment_class(name).supports_timeout

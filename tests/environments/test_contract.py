@@ -47,6 +47,21 @@ def test_stdout_stderr_and_errors(env):
     assert "ZeroDivisionError" in result.error
 
 
+def test_huge_output_keeps_head_and_tail(env_factory):
+    environment = env_factory(capture_limit=1000)
+    environment.start(host)
+    result = environment.execute("print('A' * 10_000 + 'END')")
+    assert result.stdout.startswith("A" * 100) and result.stdout.rstrip().endswith("END")
+    assert "characters dropped" in result.stdout and len(result.stdout) < 2000
+
+
+def test_show_vars_lists_user_variables(env):
+    env.execute("items = [1, 2, 3]\nname = 'x'\nimport json")
+    shown = env.execute("SHOW_VARS()").stdout
+    assert "items: list, len=3" in shown and "name: str" in shown
+    assert "json" not in shown and "llm_query" not in shown
+
+
 def test_helpers_reach_the_host(env):
     assert env.execute("print(llm_query('ping'))").stdout == "echo:ping\n"
     assert env.execute("print(budget()['iterations_left'])").stdout == "3\n"
@@ -88,14 +103,24 @@ def test_scaffold_is_restored(env):
     assert env.execute("print(context[:9], llm_query('q'))").stdout == "a context echo:q\n"
 
 
-@pytest.mark.parametrize("code", ["import sys; sys.exit(1)", "raise KeyboardInterrupt",
-                                  "import os; os._exit(1)"])
+@pytest.mark.parametrize("code", [
+    "import sys; sys.exit(3)",
+    "exit()",
+    "raise KeyboardInterrupt",
+    "raise SystemExit",
+    "import os; os._exit(1)",
+    "from os import _exit; _exit(1)",
+    "import os; os.abort()",
+    "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+    "import os, signal; os.kill(0, signal.SIGTERM)",
+    "import posix; posix._exit(1)",
+])
 def test_exits_do_not_end_the_repl_or_the_host(env, code):
     env.execute("kept = 5")
     result = env.execute(code)
     assert result.error is not None
-    after = env.execute("print('alive')")
-    assert after.stdout == "alive\n"
+    # The same REPL goes on: a restarted one would have lost `kept`.
+    assert env.execute("print('alive', kept)").stdout == "alive 5\n"
 
 
 def test_parallel_environments_do_not_mix_output(env_factory):

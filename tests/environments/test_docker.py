@@ -107,30 +107,6 @@ print(write('/usr/x'), write('/etc/passwd'), write('/work/x'), write('/tmp/x'), 
         assert run(env, "import os; print(os.getuid(), os.getgid())") == "65534 65534\n"
 
 
-def test_the_pids_limit_contains_a_fork_bomb(env):
-    out = run(env, """
-import os, time
-children, stopped = [], None
-for _ in range(500):
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        stopped = type(exc).__name__
-        break
-    if pid == 0:
-        time.sleep(60)
-        os._exit(0)
-    children.append(pid)
-for pid in children:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-print(len(children), stopped)
-""")
-    count, stopped = out.split()
-    assert int(count) < 64 and stopped == "BlockingIOError"
-    assert run(env, "print(context)") == "kept\n"
-
-
 def test_the_memory_limits_hold_and_the_repl_recovers(env):
     # One process: its address-space limit.
     assert "MemoryError" in env.execute("hog = b'x' * (1 << 30)").error

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes.openai_server import LoopbackHTTPServer
+from tests.fakes.loopback import LoopbackHTTPServer, LoopbackService
 
 __all__ = ["Attempt", "FaultProxy"]
 
@@ -82,10 +82,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.proxy._serve(self, "GET", b"")
 
 
-class FaultProxy:
+class FaultProxy(LoopbackService):
     """Answers scripted faults first, then forwards every request to ``upstream``."""
 
+    label = "proxy"
+    thread_name = "fault-proxy"
+    shutdown_how = socket.SHUT_RD  # idle keep-alive connections would block the join
+
     def __init__(self, upstream: str, *, timeout_s: float = 120.0) -> None:
+        super().__init__()
         self.upstream = upstream.rstrip("/")
         self.timeout_s = timeout_s
         self.attempts: list[Attempt] = []
@@ -93,43 +98,24 @@ class FaultProxy:
         self._in_flight = 0
         self._faults: deque[tuple[int | str, dict[str, str]]] = deque()
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
+        self._closing_client: httpx.Client | None = None
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> FaultProxy:
-        if self._server is None:
-            self._client = httpx.Client(base_url=self.upstream, timeout=self.timeout_s)
-            self._server = _Server(self)
-            self._thread = threading.Thread(target=self._server.serve_forever,
-                                            kwargs={"poll_interval": 0.05},
-                                            name="fault-proxy", daemon=True)
-            self._thread.start()
-        return self
+    # -- lifecycle (``LoopbackService``) ----------------------------------------------------
+    def _make_server(self) -> LoopbackHTTPServer:
+        return _Server(self)
 
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        client, self._client = self._client, None
-        if server is None:
-            return
-        server.close(socket.SHUT_RD)  # idle keep-alive connections would block the join
-        if thread is not None:
-            thread.join(timeout=5)
-        if client is not None:
-            client.close()
+    def _opening(self) -> None:
+        self._client = httpx.Client(base_url=self.upstream, timeout=self.timeout_s)
 
-    def __enter__(self) -> FaultProxy:
-        return self.start()
+    def _closing(self) -> None:
+        # Requests that come in while the server closes are refused, not forwarded.
+        self._closing_client, self._client = self._client, None
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the proxy is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+    def _closed(self) -> None:
+        if self._closing_client is not None:
+            self._closing_client.close()
+        self._closing_client = None
 
     # -- scripting --------------------------------------------------------------------------
     def inject(self, status: int | str, *, headers: dict[str, str] | None = None,

@@ -40,8 +40,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackHTTPServer, LoopbackService
 
 __all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse", "main"]
 
@@ -72,41 +74,6 @@ class ScriptedResponse:
     drop: bool = False
 
 
-class LoopbackHTTPServer(ThreadingHTTPServer):
-    """A threaded HTTP server on 127.0.0.1 that tracks its open connections, so ``close``
-    can end idle keep-alive connections instead of waiting for them."""
-
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-    request_queue_size = 256  # the default 5 drops bursts of connects (1 s SYN retries)
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self.connections_lock:
-                self.connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that time out or disconnect are part of the tests
-
-    def close(self, how: int = socket.SHUT_RDWR) -> None:
-        """Stop serving, shut open connections down (``how``), join the handler threads."""
-        self.shutdown()
-        with self.connections_lock:
-            for conn in self.connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(how)
-        self.server_close()
-
-
 class _Server(LoopbackHTTPServer):
     def __init__(self, fake: FakeOpenAIServer) -> None:
         self.fake = fake
@@ -132,11 +99,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._send(self, 404, {"error": {"message": "not found"}}, {})
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackService):
     """A real HTTP server in a thread that answers ``POST /v1/chat/completions``."""
+
+    label = "fake server"
+    thread_name = "fake-openai-server"
 
     def __init__(self, reply: str | ReplyFunction = "ok", *, latency_s: float = 0.0,
                  usage: Usage = True, model: str = "fake") -> None:
+        super().__init__()
         self.reply = reply
         self.latency_s = latency_s
         self.usage = usage
@@ -145,44 +116,16 @@ class FakeOpenAIServer:
         self._queue: deque[ScriptedResponse] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> FakeOpenAIServer:
-        if self._server is None:
-            self._stopping.clear()
-            self._server = _Server(self)
-            self._thread = threading.Thread(target=self._server.serve_forever,
-                                            kwargs={"poll_interval": 0.05},
-                                            name="fake-openai-server", daemon=True)
-            self._thread.start()
-        return self
+    # -- lifecycle (``LoopbackService``) ----------------------------------------------------
+    def _make_server(self) -> LoopbackHTTPServer:
+        return _Server(self)
 
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is None:
-            return
-        self._stopping.set()
-        server.close()
-        if thread is not None:
-            thread.join(timeout=5)
+    def _opening(self) -> None:
+        self._stopping.clear()
 
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake server is not running")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def _closing(self) -> None:
+        self._stopping.set()  # ends the answers still waiting out a delay
 
     # -- scripting --------------------------------------------------------------------------
     def enqueue(self, text: str | None = None, *, status: int = 200,

@@ -300,9 +300,10 @@ def test_server_killed_during_sub_calls(fresh_llama_server, tmp_path):
     # once the first sub-call is answered, kill while the second is being generated
     watch = EventWatch(lambda e: e.type == "lm_call" and e.data["purpose"] == "llm_query")
     trace_path = tmp_path / "trace.jsonl"
-    rlm = RLM(backend=root, sub_backend={"backend": "openai", "model": MODEL, "base_url": fresh_llama_server.url,
-                                  "timeout_s": CALL_TIMEOUT_S, "max_retries": 2, "backoff_s": 0.1,
-                                  "extra_body": {"max_tokens": 24}},
+    rlm = RLM(backend=root, sub_backend={"backend": "openai", "model": MODEL,
+                                         "base_url": fresh_llama_server.url,
+                                         "timeout_s": CALL_TIMEOUT_S, "max_retries": 2,
+                                         "backoff_s": 0.1, "extra_body": {"max_tokens": 24}},
               max_iterations=3, trace=[trace_path, watch])
     killer = Killer(fresh_llama_server, watch, 0.5)
     try:

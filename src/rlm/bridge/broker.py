@@ -6,17 +6,18 @@ it drives the REPL and long-polls for the sandbox code's LM requests, which it a
 with its own LM handler, so no key enters the sandbox.
 
 Every endpoint needs the token (``Authorization: Bearer T`` or ``X-RLM-Token: T``), else
-401; bodies and replies are JSON.  Control: ``GET /health`` -> ``{ok, pid, version}``;
-``POST /exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s, notes}``;
-``POST /interrupt`` stops the cell under way as its time limit would (the host's run was
-cancelled or hit a limit);
-``POST /set_var?name=N&format=text|bytes|json`` with the value's raw bytes as the body
-(UTF-8 text, bytes, or JSON; streamed, up to ``MAX_VALUE_BYTES``); ``POST /tools
-{sources}`` defines the user's tools from their code (422 when one fails); ``POST
-/shutdown`` (the process exits).  LM
-requests: ``GET /pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to
-S seconds (at most half the host timeout); ``POST /respond {id, reply}``, 409 when no call
-waits for ``id`` any more.
+401; bodies and replies are JSON.  The control operations (``protocol.CONTROL``; ``init`` is
+the launch, with ``BrokerSettings`` on its command line) are ``POST /<op>``, the fields as
+the body: ``/exec {code, timeout_s?}`` -> ``{stdout, stderr, error, final, elapsed_s,
+notes}`` (500 with ``{error: {type, message}}`` when the runtime itself broke, not the
+model's code); ``/set_var?name=N&format=F`` with the value's own bytes as the body
+(``values.py``; streamed, up to ``MAX_VALUE_BYTES``); ``/tools {sources}`` defines the
+user's tools from their code (422 when one fails); ``/shutdown`` (the process exits).
+``GET /health`` -> ``{ok, pid, version}``; ``POST /interrupt`` stops the cell under way as
+its time limit would (the host's run was cancelled or hit a limit).  LM requests: ``GET
+/pending?wait=S`` -> ``{requests: [{id, message}], shutdown}`` waits up to S seconds (at
+most half the host timeout); ``POST /respond {id, reply}``, 409 when no call waits for
+``id`` any more.
 
 Bounds: an LM request unanswered after ``request_timeout_s`` fails in the sandbox as an
 ``LMQueryError``; so does every waiting one once the host has not polled for
@@ -44,24 +45,59 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 if __package__:
-    from rlm.bridge import guards, guest
+    from rlm.bridge import guards, guest, protocol, values
 else:  # run as a file shipped next to guest.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import guards  # type: ignore[no-redef]
     import guest  # type: ignore[no-redef]
+    import protocol  # type: ignore[no-redef]
+    import values  # type: ignore[no-redef]
 
 VERSION = 1
 MAX_BODY_BYTES = 1 << 30
 MAX_VALUE_BYTES = 1 << 36  # a variable's body (POST /set_var), read in chunks
-_CHUNK = 1 << 22
 TOKEN_ENV = "RLM_BROKER_TOKEN"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """How the broker runs its REPL (see the bounds above), from the host's ``to_argv`` on
+    its command line (``from_argv`` reads it back)."""
+
+    block_timeout_s: float = 300.0
+    grace_s: float = 2.0
+    request_timeout_s: float = 900.0
+    host_timeout_s: float = 60.0
+    capture_limit: int = protocol.CAPTURE_LIMIT
+
+    def to_argv(self) -> list[str]:
+        return [arg for field in fields(self)
+                for arg in (_flag(field.name), str(getattr(self, field.name)))]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for field in fields(cls):
+            parser.add_argument(_flag(field.name), dest=field.name, default=field.default,
+                                type=type(field.default))
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> BrokerSettings:
+        """The settings in ``argv`` (other arguments are ignored), defaults for the rest."""
+        parser = argparse.ArgumentParser(add_help=False)
+        cls.add_arguments(parser)
+        known, _ = parser.parse_known_args(list(argv))
+        return cls(**{field.name: getattr(known, field.name) for field in fields(cls)})
+
+
+def _flag(name: str) -> str:  # block_timeout_s -> --block-timeout
+    return "--" + name.removesuffix("_s").replace("_", "-")
 
 
 _BUILTINS = dict(vars(builtins))  # as they were before any cell: the broker's own code uses them
@@ -79,8 +115,12 @@ class CellTimeout(BaseException):
     """Raised inside a cell that ran past its time limit (``except Exception`` misses it)."""
 
 
+class ReplBroke(Exception):
+    """The REPL runtime itself failed running a cell (not the model's code): HTTP 500."""
+
+
 def _failure(message: str) -> dict[str, Any]:  # raised in the sandbox as an LMQueryError
-    return {"error": {"type": "BridgeProtocolError", "message": message}}
+    return protocol.error_reply("BridgeProtocolError", message)
 
 
 def _interrupt(thread: threading.Thread) -> None:
@@ -103,15 +143,9 @@ class _Request:
 class Broker:
     """The REPL and the queue of LM requests behind the HTTP endpoints (thread-safe)."""
 
-    def __init__(self, token: str, *, block_timeout_s: float = 300.0, grace_s: float = 2.0,
-                 request_timeout_s: float = 900.0, host_timeout_s: float = 60.0,
-                 capture_limit: int = 2_000_000) -> None:
+    def __init__(self, token: str, settings: BrokerSettings | None = None) -> None:
         self.token = token
-        self.block_timeout_s = block_timeout_s
-        self.grace_s = grace_s
-        self.request_timeout_s = request_timeout_s
-        self.host_timeout_s = host_timeout_s
-        self.capture_limit = capture_limit
+        self.settings = settings or BrokerSettings()
         self.closing = False
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
@@ -131,15 +165,16 @@ class Broker:
 
     # -- LM requests of the sandbox code --------------------------------------------------
     def _host_gone(self) -> bool:
-        return time.monotonic() - self._last_poll > self.host_timeout_s
+        return time.monotonic() - self._last_poll > self.settings.host_timeout_s
 
     def enqueue(self, message: dict[str, Any]) -> dict[str, Any]:
         """``GuestRuntime``'s ``call``: queue ``message`` for the host and wait for its reply."""
         request = _Request(str(next(self._ids)), message)
-        deadline = time.monotonic() + self.request_timeout_s
+        settings = self.settings
+        deadline = time.monotonic() + settings.request_timeout_s
         with self._cond:
             if self._host_gone():
-                return _failure(f"the host has not polled for {self.host_timeout_s:g}s: gone")
+                return _failure(f"the host has not polled for {settings.host_timeout_s:g}s: gone")
             self._queue.append(request)
             self._waiting[request.id] = request
             self._cond.notify_all()
@@ -150,9 +185,9 @@ class Broker:
                         return _failure("the sandbox's broker is shutting down")
                     if left <= 0:
                         return _failure(f"no reply from the host within "
-                                        f"{self.request_timeout_s:g}s")
+                                        f"{settings.request_timeout_s:g}s")
                     if self._host_gone():
-                        return _failure(f"the host stopped polling for {self.host_timeout_s:g}s"
+                        return _failure(f"the host stopped polling for {settings.host_timeout_s:g}s"
                                         " and is taken to be gone")
                     self._cond.wait(min(0.25, left))
                 return request.reply
@@ -163,7 +198,7 @@ class Broker:
 
     def pending(self, wait_s: float) -> list[dict[str, Any]]:
         """The host's long poll: queued requests, waiting up to ``wait_s`` for the first."""
-        deadline = time.monotonic() + max(0.0, min(wait_s, self.host_timeout_s / 2))
+        deadline = time.monotonic() + max(0.0, min(wait_s, self.settings.host_timeout_s / 2))
         with self._cond:
             self._last_poll = time.monotonic()
             while not self._queue and not self.closing:
@@ -190,7 +225,7 @@ class Broker:
 
     # -- the REPL ---------------------------------------------------------------------------
     def _new_runtime(self) -> guest.GuestRuntime:
-        runtime = guest.GuestRuntime(self.enqueue, capture_limit=self.capture_limit)
+        runtime = guest.GuestRuntime(self.enqueue, capture_limit=self.settings.capture_limit)
         runtime.load_tools(self._tools)
         for name, value in self._variables.items():
             runtime.set_variable(name, value)
@@ -233,7 +268,7 @@ class Broker:
                     break
             if done.is_set():
                 return ("failed", box["failure"]) if "failure" in box else ("done", box["value"])
-            give_up = time.monotonic() + self.grace_s
+            give_up = time.monotonic() + self.settings.grace_s
             while not done.is_set() and time.monotonic() < give_up:
                 _interrupt(worker)
                 done.wait(0.05)
@@ -250,53 +285,88 @@ class Broker:
         self._interrupted.set()
 
     def execute(self, code: str, timeout_s: float | None = None) -> dict[str, Any]:
-        limit = self.block_timeout_s if timeout_s is None else float(timeout_s)
+        """Run one cell under ``timeout_s`` (default ``block_timeout_s``); ``ReplBroke``
+        when the runtime itself failed."""
+        limit = self.settings.block_timeout_s if timeout_s is None else float(timeout_s)
         started = time.monotonic()
         with self._control:
             self._interrupted.clear()
             state, result = self._supervise(lambda runtime: runtime.run_cell(code), limit)
         if state == "done":
             return result
-        if state == "failed":  # the runtime itself broke, not the model's code
-            error, result = f"BrokerError: {type(result).__name__}: {result}", None
-        else:
-            why = ("Cancelled: the call tree was stopped while this block ran"
-                   if self._interrupted.is_set() else
-                   f"TimeoutError: the block ran past {limit:g}s")
-            error = f"{why} and it was stopped; " + (
-                "your variables are kept" if state == "stopped" else
-                "it did not stop, so the REPL was restarted: `context` is back, your other "
-                "variables are gone")
+        if state == "failed":
+            raise ReplBroke(f"{type(result).__name__}: {result}") from result
+        why = protocol.CANCELLED if self._interrupted.is_set() else protocol.timed_out(limit)
+        error = f"{why} and it was stopped; " + (
+            protocol.KEPT if state == "stopped" else f"it did not stop, so {protocol.RESTARTED}")
         return {"stdout": "", "stderr": "", "notes": [], **(result or {}), "final": None,
                 "elapsed_s": time.monotonic() - started, "error": error}
 
 
-def _route(broker: Broker, endpoint: str, body: dict[str, Any], query: dict[str, list[str]]
-           ) -> tuple[int, dict[str, Any]]:
+_OK: dict[str, Any] = {"ok": True}
+_Reply = tuple[int, dict[str, Any]]
+
+
+def _exec(broker: Broker, message: protocol.Exec, body: bytes) -> _Reply:
+    try:
+        return 200, broker.execute(message.code, message.timeout_s)
+    except ReplBroke as exc:  # the host raises it as an EnvError, the model never sees it
+        return 500, protocol.error_reply(exc)
+
+
+def _tools(broker: Broker, message: protocol.Tools, body: bytes) -> _Reply:
+    try:
+        broker.load_tools(dict(message.sources))
+    except RuntimeError as exc:  # a tool's code failed: the host's start fails with this
+        return 422, {"error": str(exc)}
+    return 200, _OK
+
+
+def _set_var(broker: Broker, message: protocol.SetVar, body: bytes) -> _Reply:
+    broker.set_variable(message.name, values.decode_value(message.format, body))
+    return 200, _OK
+
+
+def _shutdown(broker: Broker, message: protocol.Shutdown, body: bytes) -> _Reply:
+    broker.shutdown()
+    return 200, _OK
+
+
+#: ``POST /<op>``: the control operations a broker serves (``init`` is its launch).
+CONTROL: dict[str, Callable[[Broker, Any, bytes], _Reply]] = {
+    "tools": _tools, "set_var": _set_var, "exec": _exec, "shutdown": _shutdown}
+
+
+def _route(broker: Broker, endpoint: str, body: bytes, query: dict[str, list[str]]) -> _Reply:
+    """Serve one request; ``ValueError`` (a ``ProtocolError``, a bad JSON body...),
+    ``KeyError`` or ``TypeError`` for a malformed one."""
+    method, _, path = endpoint.partition(" ")
+    op = path.removeprefix("/")
+    if method == "POST" and op in CONTROL:
+        given = ({key: value[0] for key, value in query.items()} if op == "set_var"
+                 else _json_object(body))
+        return CONTROL[op](broker, protocol.control_message({**given, "type": op}), body)
     if endpoint == "GET /health":
         return 200, {"ok": True, "pid": os.getpid(), "version": VERSION}
-    if endpoint == "POST /exec":
-        return 200, broker.execute(str(body["code"]), body.get("timeout_s"))
-    if endpoint == "POST /tools":
-        try:
-            broker.load_tools({str(k): str(v) for k, v in dict(body["sources"]).items()})
-        except RuntimeError as exc:  # a tool's code failed: the host's start fails with this
-            return 422, {"error": str(exc)}
-        return 200, {"ok": True}
-    if endpoint == "POST /shutdown":
-        broker.shutdown()
-        return 200, {"ok": True}
     if endpoint == "POST /interrupt":
         broker.interrupt()
-        return 200, {"ok": True}
+        return 200, _OK
     if endpoint == "GET /pending":
         wait_s = float(query.get("wait", ["0"])[0])
         return 200, {"requests": broker.pending(wait_s), "shutdown": broker.closing}
     if endpoint == "POST /respond":
-        if broker.respond(str(body["id"]), body["reply"]):
-            return 200, {"ok": True}
+        payload = _json_object(body)
+        if broker.respond(str(payload["id"]), payload["reply"]):
+            return 200, _OK
         return 409, {"error": "no call waits for this id (it timed out or was answered)"}
     return 404, {"error": f"no endpoint {endpoint}"}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    payload = json.loads(body) if body else {}
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    return payload
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -329,51 +399,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 <= size <= limit:
             self.close_connection = True
             return self._send(413, {"error": f"a body is 0 to {limit} bytes"})
-        if url.path == "/set_var":
-            return self._set_var(broker, size, parse_qs(url.query))
-        body = self.rfile.read(size) if size else b""
+        try:  # read into one buffer, a piece at a time: a value may be gigabytes
+            body = values.receive(self.rfile.readinto, size)
+        except EOFError as exc:
+            self.close_connection = True
+            return self._send(400, {"error": str(exc)})
         try:
-            payload = json.loads(body) if body else {}
-            if not isinstance(payload, dict):
-                raise ValueError("the body must be a JSON object")
-            status, reply = _route(broker, f"{method} {url.path}", payload, parse_qs(url.query))
-        except (KeyError, TypeError, ValueError) as exc:
+            status, reply = _route(broker, f"{method} {url.path}", body, parse_qs(url.query))
+        except (KeyError, TypeError, ValueError, protocol.ProtocolError) as exc:
             return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
         self._send(status, reply)
         if url.path == "/shutdown":
             threading.Thread(target=self.server.shutdown, daemon=True).start()
 
-    def _set_var(self, broker: Broker, size: int, query: dict[str, list[str]]) -> None:
-        """``POST /set_var``: read the raw value into one buffer, chunk by chunk, then bind it."""
-        name, fmt = query.get("name", [""])[0], query.get("format", [""])[0]
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        done = 0
-        while done < size:
-            got = self.rfile.readinto(view[done:done + _CHUNK])
-            if not got:
-                self.close_connection = True
-                return self._send(400, {"error": f"the body ended after {done} of {size} bytes"})
-            done += got
-        view.release()
-        try:
-            if not name.isidentifier() or fmt not in ("text", "bytes", "json"):
-                raise ValueError(f"name={name!r}, format={fmt!r}: want an identifier and "
-                                 "text, bytes or json")
-            value: Any = (buffer.decode("utf-8", "surrogatepass") if fmt == "text"
-                          else bytes(buffer) if fmt == "bytes"
-                          else json.loads(buffer.decode("utf-8", "surrogatepass")))
-            del buffer
-            broker.set_variable(name, value)
-        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
-            return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
-        self._send(200, {"ok": True})
-
     def _send(self, status: int, reply: dict[str, Any]) -> None:
-        try:
-            data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: escaped, it decodes to the same text
-            data = json.dumps(reply, default=str).encode("ascii")
+        data = protocol.to_json(reply)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -420,16 +460,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bind", default="127.0.0.1", help="0.0.0.0 behind a cloud's tunnel")
     parser.add_argument("--token-file", help=f"read the token here and delete the file "
                                              f"(default: ${TOKEN_ENV}); never on argv")
-    for flag, seconds in (("--block-timeout", 300.0), ("--grace", 2.0),
-                          ("--request-timeout", 900.0), ("--host-timeout", 60.0)):
-        parser.add_argument(flag, type=float, default=seconds)
-    parser.add_argument("--capture-limit", type=int, default=2_000_000)
+    BrokerSettings.add_arguments(parser)
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     parser.add_argument("--remove-on-exit", help="a folder to delete when the broker ends")
     args = parser.parse_args(argv)
-    broker = Broker(_read_token(args.token_file), block_timeout_s=args.block_timeout,
-                    grace_s=args.grace, request_timeout_s=args.request_timeout,
-                    host_timeout_s=args.host_timeout, capture_limit=args.capture_limit)
+    settings = BrokerSettings.from_argv(sys.argv[1:] if argv is None else argv)
+    broker = Broker(_read_token(args.token_file), settings)
     server = _Server((args.bind, args.port), _Handler)
     server.broker = broker
     ready = {"rlm_broker": VERSION, "port": server.server_address[1], "pid": os.getpid()}

@@ -33,9 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 try:  # inside the package
-    from rlm.bridge import guards
+    from rlm.bridge import guards, protocol
 except ImportError:  # shipped as plain files next to this one
     import guards  # type: ignore[no-redef]
+    import protocol  # type: ignore[no-redef]
 
 RESERVED_NAMES = (
     "context",
@@ -101,7 +102,7 @@ def _raise_for(error: dict[str, Any]) -> None:
 
 
 def _disconnected(message: dict[str, Any]) -> dict[str, Any]:
-    return {"error": {"type": "Cancelled", "message": "the REPL is closed"}}
+    return protocol.error_reply("Cancelled", "the REPL is closed")
 
 
 def _slot(result: dict[str, Any]) -> str:
@@ -229,7 +230,7 @@ class GuestRuntime:
     """
 
     def __init__(self, call: Call, *, tools: dict[str, Any] | None = None,
-                 capture_limit: int = 2_000_000,
+                 capture_limit: int = protocol.CAPTURE_LIMIT,
                  max_answer_chars: int | None = MAX_ANSWER_CHARS) -> None:
         self._call = call
         self.capture_limit = capture_limit

@@ -51,7 +51,7 @@ _log = logging.getLogger(__name__)
 
 
 def _error(message: str) -> dict[str, Any]:
-    return {"error": {"type": "BridgeProtocolError", "message": message}}
+    return protocol.error_reply("BridgeProtocolError", message)
 
 
 def _send_and_drop(sock: socket.socket, reply: dict[str, Any]) -> None:
@@ -120,7 +120,7 @@ class _Handler(socketserver.BaseRequestHandler):
             try:
                 reply = owner.call(message)
             except Exception as exc:  # a bug in the handler must not kill the connection
-                reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+                reply = protocol.error_reply(exc)
             if not self._reply(stream, reply):
                 return
 

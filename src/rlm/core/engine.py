@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from rlm.bridge.guest import SETTINGS_NAME
+from rlm.bridge.protocol import error_reply
 from rlm.context import describe_context, load_context
 from rlm.core import prompts
 from rlm.core.handler import LMHandler
@@ -84,7 +85,7 @@ class Session:
     def dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one REPL request to the run under way (refused when none is)."""
         if self._target is None:
-            return {"error": {"type": "Cancelled", "message": "no completion is running"}}
+            return error_reply("Cancelled", "no completion is running")
         return self._target(message)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from rlm.backends.base import LMBackend
+from rlm.bridge.protocol import error_body as _error
 from rlm.core.limits import Budget
 from rlm.core.routing import ModelRouter
 from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
@@ -33,10 +34,6 @@ __all__ = ["LMHandler", "SpawnChild", "cap_answer"]
 
 SpawnChild = Callable[[str, Any, NodeRef], str]
 """Runs a child RLM for ``rlm_query(prompt, context)`` from ``parent``; returns its answer."""
-
-
-def _error(exc: BaseException) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def _reraise(exc: BaseException, backend: LMBackend) -> NoReturn:

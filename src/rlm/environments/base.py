@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from rlm.errors import EnvStartError, MissingDependencyError
 from rlm.tools import Tool
 from rlm.types import ExecResult, HostCall
 
 __all__ = ["Environment", "HostCall"]
+
+#: What each class's ``probe`` found (``None``: the machine can run it), by class: asked
+#: once per class and process, since a probe may start a sandbox or ask an engine.
+_probed: dict[type, EnvStartError | MissingDependencyError | None] = {}
+_probe_locks: dict[type, threading.Lock] = {}
+_probe_locks_lock = threading.Lock()
 
 
 class Environment(ABC):
@@ -39,10 +47,26 @@ class Environment(ABC):
     #: Whether model code runs in the host process (tools are then called, not shipped).
     in_process: ClassVar[bool] = False
 
+    @classmethod  # noqa: B027 - an optional hook: nothing to check by default
+    def probe(cls) -> None:
+        """Raise ``EnvStartError`` (``MissingDependencyError`` for a missing extra) saying
+        why this machine cannot run the environment (a tool or engine missing...); return
+        if it can.  Write only the check: ``check_available`` runs it once per class."""
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise the error of this class's ``probe`` (run on first use, then remembered);
+        environments call it before they start anything."""
+        error = _probe_once(cls)
+        if error is not None:
+            raise type(error)(str(error))
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why this environment cannot run on this machine (an engine missing...); None: it can."""
-        return None
+        """Why this environment cannot run on this machine (its ``probe``, asked once);
+        ``None``: it can."""
+        error = _probe_once(cls)
+        return None if error is None else str(error)
 
     @abstractmethod
     def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
@@ -71,3 +95,22 @@ class Environment(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _probe_once(cls: type[Environment]) -> EnvStartError | MissingDependencyError | None:
+    """What ``cls.probe()`` raised, or ``None``; one probe per class even when many threads
+    start environments at once.  An unexpected error (a probe that timed out...) is not
+    remembered: it propagates, and the next call probes again."""
+    if cls in _probed:
+        return _probed[cls]
+    with _probe_locks_lock:
+        lock = _probe_locks.setdefault(cls, threading.Lock())
+    with lock:
+        if cls not in _probed:
+            try:
+                cls.probe()
+            except (EnvStartError, MissingDependencyError) as exc:
+                _probed[cls] = exc
+            else:
+                _probed[cls] = None
+        return _probed[cls]

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -31,14 +29,11 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError
-from rlm.tools import Tool
-from rlm.types import HostCall
 
 __all__ = ["DockerEnvironment", "build_image", "default_image", "engine_error"]
 
@@ -60,9 +55,9 @@ def _docker(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
                           check=False, stdin=subprocess.DEVNULL)
 
 
-@functools.cache
 def engine_error() -> str | None:
-    """Why no Docker engine answers here (``None``: one does).  Asked once per process."""
+    """Why no Docker engine answers here (``None``: one does); ``DockerEnvironment`` asks
+    once per process (its ``probe``)."""
     try:
         done = _docker("info", "--format", "{{.ServerVersion}}", timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -218,18 +213,18 @@ class DockerEnvironment(ProcessEnvironment):
         self._spawns = 0
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return engine_error()
-
-    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
-        if self._proc is None and not self._closed:
-            reason = engine_error()
-            if reason is not None:
-                raise EnvStartError(f"docker: {reason}")
-            self.image = ensure_image(self.image)
-        super().start(call, tools)
+    def probe(cls) -> None:
+        """A Docker engine that answers ``docker info``."""
+        reason = engine_error()
+        if reason is not None:
+            raise EnvStartError(f"docker: {reason}")
 
     # -- hooks of ProcessEnvironment -----------------------------------------------------------
+    def prepare(self) -> None:
+        """The image, before the first container: the default one is built from this
+        host's Python when missing (never pulled)."""
+        self.image = ensure_image(self.image)
+
     def process_env(self) -> dict[str, str]:
         """The ``docker`` client's environment (the container's is passed with ``-e``)."""
         return {key: value for key, value in os.environ.items()
@@ -247,7 +242,7 @@ class DockerEnvironment(ProcessEnvironment):
         # The container's pids cgroup counts its processes; RLIMIT_NPROC would count every
         # process of the same user on the host.  Memory: RLIMIT_AS per process, the cgroup
         # for all of them.
-        guest_env["RLM_LIMITS"] = json.dumps({**self.limits, "processes": None})
+        guest_env["RLM_LIMITS"] = self.limits.env(processes=None)
         command = [shutil.which("docker") or "docker", "run", "--rm", "-i", "--init",
                    "--name", self.container, "--label", f"{LABEL}=docker",
                    "--label", f"rlm.instance={self.instance_id}", "--log-driver", "none",
@@ -256,11 +251,11 @@ class DockerEnvironment(ProcessEnvironment):
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                    "--user", user, "-v", f"{self.scratch}:{self.guest_root}",
                    "-v", f"{self.control}:{self.guest_control}:ro", "-w", self.guest_root]
-        memory = self.limits["memory_bytes"]
+        memory = self.limits.rlimits()["memory_bytes"]
         if memory is not None:
             command += ["--memory", str(memory), "--memory-swap", str(memory)]
-        if self.limits["processes"] is not None:
-            command += ["--pids-limit", str(self.limits["processes"])]
+        if self.limits.max_processes is not None:
+            command += ["--pids-limit", str(self.limits.max_processes)]
         if self.cpus is not None:
             command += ["--cpus", str(self.cpus)]
         for key, value in guest_env.items():

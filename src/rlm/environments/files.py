@@ -4,28 +4,30 @@ The host writes only into directories the guest cannot write (an environment's c
 directory), and even there never through what is in place: ``write_file`` creates a new
 file (``O_EXCL | O_NOFOLLOW``) and renames it over the old name, so a link or a FIFO
 planted there is replaced, never opened.  ``write_value`` hands a variable over this way
-(never as a code literal), ``ship_runner`` copies the guest runtime, ``make_dir`` makes a
-directory with its owner and mode before any guest code runs.
+(never as a code literal, encoded by ``rlm.bridge.values``), ``ship_runner`` copies the
+guest runtime, ``make_dir`` makes a directory with its owner and mode before any guest code
+runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rlm.context import FolderContext
+from rlm.bridge.values import EncodedValue, encode_value
 from rlm.errors import EnvError
 
-__all__ = ["RUNNER_FILES", "free_uid", "make_dir", "ship_runner", "write_file", "write_value"]
+__all__ = ["RUNNER_FILES", "encode_variable", "free_uid", "make_dir", "ship_runner",
+           "write_file", "write_value"]
 
 #: The guest runtime: standard-library files shipped into every REPL process.
-RUNNER_FILES = ("guest.py", "guards.py", "protocol.py", "runner.py", "broker.py")
+RUNNER_FILES = ("guest.py", "guards.py", "protocol.py", "values.py", "runner.py", "broker.py")
+_SUFFIXES = {"text": ".txt", "bytes": ".bin", "json": ".json"}
 #: (first, count): uids that no account, container range or systemd convention uses.
 _FREE_UIDS = (0x70000000, 0x0FFE0000)
 
@@ -63,39 +65,28 @@ def ship_runner(directory: Path) -> Path:
     return directory
 
 
+def encode_variable(name: str, value: Any, *, owner: str,
+                    to: str = "a separate process") -> EncodedValue:
+    """``rlm.bridge.values.encode_value(value)``, or the ``EnvError`` naming the
+    environment (``owner``) and where the value could not go (``to``)."""
+    try:
+        return encode_value(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} cannot be "
+                       f"sent to {to} (use str, bytes, list, dict)") from exc
+
+
 def write_value(directory: Path, name: str, value: Any, *, owner: str) -> tuple[Path, str]:
     """Hand a value over by a file in ``directory``, never as a code literal; return the
-    file and its format (as ``runner.load_value`` reads it).  Text keeps lone surrogates
-    (``surrogatepass``).  ``owner`` names the environment in the ``EnvError`` raised for a
-    value JSON cannot hold."""
-    base = directory / f"var-{name}"
-    data: bytes | Iterable[bytes]
-    if isinstance(value, str):  # in pieces: a 2 GB context is not copied whole again
-        path, fmt, data = base.with_suffix(".txt"), "text", _encoded([value])
-    elif isinstance(value, bytes | bytearray | memoryview):
-        path, fmt, data = base.with_suffix(".bin"), "bytes", bytes(value)
-    else:
-        if isinstance(value, FolderContext):
-            value = dict(value.items())
-        try:
-            text = json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} "
-                           "cannot be sent to a separate process (use str, bytes, list, dict)"
-                           ) from exc
-        path, fmt, data = base.with_suffix(".json"), "json", _encoded([text])
-    try:
-        write_file(path, data)
+    file and its format (as ``runner.load_value`` reads it).  ``owner`` names the
+    environment in the ``EnvError`` raised for a value JSON cannot hold."""
+    encoded = encode_variable(name, value, owner=owner)
+    path = directory / f"var-{name}{_SUFFIXES[encoded.format]}"
+    try:  # in pieces: a 2 GB context is not copied whole again
+        write_file(path, encoded.pieces())
     except OSError as exc:
         raise EnvError(f"{owner}: cannot hand variable {name!r} to the REPL: {exc}") from exc
-    return path, fmt
-
-
-def _encoded(texts: Iterable[str], piece: int = 1 << 22) -> Iterator[bytes]:
-    """UTF-8 of ``texts`` in pieces of at most ``piece`` characters (lone surrogates kept)."""
-    for text in texts:
-        for start in range(0, len(text), piece):
-            yield text[start:start + piece].encode("utf-8", "surrogatepass")
+    return path, encoded.format
 
 
 def make_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> Path:

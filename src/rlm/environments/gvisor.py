@@ -26,7 +26,6 @@ from rlm.errors import EnvStartError
 __all__ = ["GVisorEnvironment"]
 
 _NOBODY = 65534
-_probed: dict[str, str] = {}
 
 
 class GVisorEnvironment(ProcessEnvironment):
@@ -70,7 +69,20 @@ class GVisorEnvironment(ProcessEnvironment):
 
     @classmethod
     def probe(cls) -> None:
-        _probe()
+        """A ``runsc`` that can start a sandbox here (as root)."""
+        runsc = _runsc()
+        if runsc is None:
+            raise EnvStartError("gvisor: runsc is not installed (apt-get install runsc)")
+        if os.geteuid() != 0:
+            raise EnvStartError("gvisor: runsc needs root here (rootless runsc cannot run a "
+                                "bundle with its own mounts)")
+        with tempfile.TemporaryDirectory(prefix="rlm-runsc-probe-") as state:
+            check = subprocess.run(
+                [runsc, "--root", state, "--network=none", "--platform=ptrace", "do", "true"],
+                capture_output=True, text=True, timeout=60, check=False)
+        if check.returncode != 0:
+            raise EnvStartError(f"gvisor: runsc cannot start a sandbox here: "
+                                f"{check.stderr.strip()[-500:] or check.returncode}")
 
     # -- hooks of ProcessEnvironment -----------------------------------------------------------
     def process_env(self) -> dict[str, str]:
@@ -90,7 +102,7 @@ class GVisorEnvironment(ProcessEnvironment):
         argv = [python, "-E", "-s", "-B", "-u", self.guest_path(runner)]
         _write_bundle(bundle, argv, super().process_env(), binds, links, self.scratch,
                       self.control, self.tmpfs_mb)
-        return [_probe(), "--root", str(self._state), "--network=none",
+        return [_runsc() or "runsc", "--root", str(self._state), "--network=none",
                 f"--platform={self.platform}", *self.runsc_args,
                 "run", "--bundle", str(bundle), self.container]
 
@@ -101,8 +113,8 @@ class GVisorEnvironment(ProcessEnvironment):
         if container is None or self._state is None:
             return
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([_probe(), "--root", str(self._state), "delete", "--force",
-                            container], capture_output=True, timeout=30, check=False)
+            subprocess.run([_runsc() or "runsc", "--root", str(self._state), "delete",
+                            "--force", container], capture_output=True, timeout=30, check=False)
         shutil.rmtree(self._state / container, ignore_errors=True)
 
     def close(self) -> None:
@@ -117,28 +129,12 @@ class GVisorEnvironment(ProcessEnvironment):
                     self._state = None
 
 
-def _probe() -> str:
-    """The path of a ``runsc`` that can start a sandbox here; ``EnvStartError`` saying why
-    there is none."""
-    if "runsc" in _probed:
-        return _probed["runsc"]
-    runsc = shutil.which("runsc") or next(
+def _runsc() -> str | None:
+    """The ``runsc`` executable: on ``PATH``, else where Debian or its installer puts it
+    (``/usr/sbin`` is not on every ``PATH``)."""
+    return shutil.which("runsc") or next(
         (p for p in ("/usr/bin/runsc", "/usr/sbin/runsc", "/usr/local/bin/runsc")
          if os.access(p, os.X_OK)), None)
-    if runsc is None:
-        raise EnvStartError("gvisor: runsc is not installed (apt-get install runsc)")
-    if os.geteuid() != 0:
-        raise EnvStartError("gvisor: runsc needs root here (rootless runsc cannot run a "
-                            "bundle with its own mounts)")
-    with tempfile.TemporaryDirectory(prefix="rlm-runsc-probe-") as state:
-        check = subprocess.run(
-            [runsc, "--root", state, "--network=none", "--platform=ptrace", "do", "true"],
-            capture_output=True, text=True, timeout=60, check=False)
-    if check.returncode != 0:
-        raise EnvStartError(f"gvisor: runsc cannot start a sandbox here: "
-                            f"{check.stderr.strip()[-500:] or check.returncode}")
-    _probed["runsc"] = runsc
-    return runsc
 
 
 def _write_bundle(bundle: Path, argv: list[str], env: dict[str, str], binds: list[str],

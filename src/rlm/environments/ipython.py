@@ -4,16 +4,17 @@ The kernel is started with ``jupyter_client`` in its own process and session, bo
 127.0.0.1, with a clean environment and its connection file in a private directory.  It
 imports the runner shipped into its scratch directory (which takes ``guest`` from the
 installed ``rlm.bridge`` when the kernel's Python has it, else the shipped ``guest.py``)
-and builds one ``guest.GuestRuntime``; each block runs as ``runtime.run_cell(code)`` and
-its result comes back as JSON in the execute reply's ``user_expressions``.  LM requests go
-to an ``LMServer`` over TCP with a secret token, as in the process environments.  Values
-cross by file, never as code literals.
+and builds one ``runner.ControlHandler``.  The host drives it with the control messages
+of every REPL (``rlm.bridge.protocol``: ``init``, ``tools``, ``set_var``, ``exec``), each
+a frame in a file of the private directory that the kernel reads and removes; the reply
+comes back as JSON in the execute reply's ``user_expressions``.  LM requests go to an
+``LMServer`` over TCP with a secret token, as in the process environments.  Values cross
+by file, never as code literals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import shutil
 import sys
@@ -28,10 +29,11 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
+from rlm.bridge import protocol
 from rlm.bridge.tcp import LMServer
 from rlm.environments.base import Environment
 from rlm.environments.files import ship_runner, write_file, write_value
-from rlm.environments.layout import SAFE_ENV
+from rlm.environments.layout import SAFE_ENV, ProcessLimits
 from rlm.errors import EnvError, EnvStartError
 from rlm.tools import Tool, shipped_tools
 from rlm.types import ExecResult, HostCall
@@ -40,7 +42,6 @@ __all__ = ["IPythonEnvironment"]
 
 _T = TypeVar("_T")
 _MIME = "application/vnd.rlm.reply+json"
-_LOST = "the REPL was restarted: `context` is back, your other variables are gone"
 # Runs once in the kernel's own namespace (the model's namespace is the runtime's).
 _BOOTSTRAP = f'''
 class _RLMReply:
@@ -54,18 +55,11 @@ class _RLMReply:
 
 
 def _rlm_start(ship):
-    import json, os, sys
+    import sys
     sys.path.insert(0, ship)
     import runner
     runner.apply_limits()
-    init_path = os.path.join(ship, "init.json")
-    with open(init_path, encoding="utf-8") as handle:
-        init = json.load(handle)
-    os.remove(init_path)
-    call = runner.lm_caller(init["lm_address"], init["token"])
-    runtime = runner.guest.GuestRuntime(call, capture_limit=init["capture_limit"])
-    runtime.load_tools(init["tools"])
-    return runner, runtime
+    return runner.ControlHandler()
 
 
 _rlm_reply = _RLMReply()
@@ -86,12 +80,17 @@ class _KernelDied(Exception):
     """The kernel process ended."""
 
 
+class _NoReply(Exception):
+    """The kernel gave no reply within the time it had."""
+
+
 class _Interrupted(Exception):
     """``interrupt()`` was called while a block ran."""
 
 
 class _KernelFailed(Exception):
-    """The wrapper code itself raised in the kernel (``ename: evalue``)."""
+    """The wrapper code itself raised in the kernel (``ename: evalue``), or the kernel's
+    ``ControlHandler`` answered with an ``error`` frame."""
 
 
 class IPythonEnvironment(Environment):
@@ -117,14 +116,12 @@ class IPythonEnvironment(Environment):
 
     def __init__(self, *, block_timeout_s: float = 300.0, interrupt_grace_s: float = 5.0,
                  memory_mb: int | None = 4096, max_processes: int | None = 256,
-                 max_file_mb: int | None = 1024, capture_limit: int = 2_000_000,
+                 max_file_mb: int | None = 1024, capture_limit: int = protocol.CAPTURE_LIMIT,
                  start_timeout_s: float = 60.0) -> None:
         self.block_timeout_s = block_timeout_s
-        self.limits = {  # applied by the kernel to itself, as the runner does (RLM_LIMITS)
-            "memory_bytes": None if memory_mb is None else memory_mb << 20,
-            "processes": max_processes, "core_bytes": 0,
-            "file_bytes": None if max_file_mb is None else max_file_mb << 20,
-        }
+        #: Applied by the kernel to itself, as the runner does (``RLM_LIMITS``).
+        self.limits = ProcessLimits(memory_mb=memory_mb, max_processes=max_processes,
+                                    max_file_mb=max_file_mb)
         self.interrupt_grace_s = interrupt_grace_s
         self.capture_limit = capture_limit
         self.start_timeout_s = start_timeout_s
@@ -137,6 +134,7 @@ class IPythonEnvironment(Environment):
         self._variables: dict[str, tuple[str, str]] = {}
         self._tool_sources: dict[str, str] = {}
         self._launches = 0
+        self._frames = 0
         self._lock = threading.Lock()
         self._closed = False
         self._interrupted = threading.Event()
@@ -175,7 +173,7 @@ class IPythonEnvironment(Environment):
     def _kernel_env(self) -> dict[str, str]:
         assert self.scratch is not None
         return {**SAFE_ENV, "HOME": str(self.scratch), "TMPDIR": str(self.scratch / "tmp"),
-                "IPYTHONDIR": str(self.scratch / ".ipython"), "RLM_LIMITS": json.dumps(self.limits),
+                "IPYTHONDIR": str(self.scratch / ".ipython"), "RLM_LIMITS": self.limits.env(),
                 "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
     def _launch(self) -> None:
@@ -198,20 +196,22 @@ class IPythonEnvironment(Environment):
             raise EnvStartError(f"{self.name}: cannot start the kernel: {exc}") from exc
         self._kc = km.client()
         self._kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
-        ship = self.scratch / ".rlm"
-        init = {"lm_address": self._server.address, "token": self._server.token,
-                "capture_limit": self.capture_limit, "tools": self._tool_sources}
-        write_file(ship / "init.json", json.dumps(init).encode("utf-8"))
+        timeout = self.start_timeout_s
         try:
-            self._call(f"{_BOOTSTRAP}\n_rlm_runner, _rlm = _rlm_start({str(ship)!r})",
-                       self.start_timeout_s)
+            self._run_code(f"{_BOOTSTRAP}\n_rlm = _rlm_start({str(self.scratch / '.rlm')!r})",
+                           timeout)
+            self._control(protocol.Init(self._server.address, self._server.token,
+                                        self.capture_limit), timeout)
+            if self._tool_sources:
+                self._control(protocol.Tools(self._tool_sources), timeout)
             for name, (path, fmt) in self._variables.items():
-                self._call(self._set_code(name, path, fmt), self.start_timeout_s)
-        except (TimeoutError, _KernelDied, _KernelFailed) as exc:
+                self._control(protocol.SetVar(name, fmt, path), timeout)
+        except (_NoReply, _KernelDied, _KernelFailed) as exc:
             tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
             self._stop_kernel()
-            raise EnvStartError(f"{self.name}: the kernel did not start ({exc or 'timed out'})"
-                                f"; its log ends with:\n{tail}") from exc
+            why = str(exc) or "timed out"
+            raise EnvStartError(f"{self.name}: the kernel did not start ({why}); its log ends "
+                                f"with:\n{tail}") from exc
 
     def _stop_kernel(self) -> None:
         """Kill the kernel's whole process group and remove its connection file."""
@@ -226,10 +226,30 @@ class IPythonEnvironment(Environment):
         self._launch()
 
     # -- talking to the kernel ----------------------------------------------------------------
-    def _send(self, code: str) -> str:
+    def _execute(self, code: str) -> str:
+        """Start running ``code`` in the kernel; return the request's id."""
         assert self._kc is not None
         return self._kc.execute(code, silent=True, store_history=False, allow_stdin=False,
                                 user_expressions={"reply": "_rlm_reply"})
+
+    def _send(self, message: protocol.Control) -> str:
+        """Hand ``message`` to the kernel's ``ControlHandler`` as a frame in a file of the
+        private directory, outside the scratch directory model code works in (never as a
+        code literal: it may hold the token or a tool's code)."""
+        assert self._private is not None
+        self._frames += 1
+        path = self._private / f"frame-{self._frames}.json"
+        write_file(path, protocol.to_json(message.to_dict()))
+        return self._execute(f"_rlm_reply = _RLMReply(_rlm.handle_file({str(path)!r}))")
+
+    @staticmethod
+    def _reply(kind: str, raw: Any) -> dict[str, Any]:
+        """The fields of the ``ControlHandler``'s reply (ASCII JSON: Jupyter's own packer
+        cannot carry a lone surrogate), which must be of ``kind``; else ``_KernelFailed``."""
+        try:
+            return protocol.expect_reply(protocol.decode(str(raw).encode("utf-8")), kind)
+        except (protocol.Refused, protocol.ProtocolError) as exc:
+            raise _KernelFailed(str(exc)) from None
 
     async def _await(self, msg_id: str, timeout_s: float, *, interruptible: bool = False
                      ) -> Any:
@@ -238,7 +258,7 @@ class IPythonEnvironment(Environment):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError
+                raise _NoReply
             if interruptible and self._interrupted.is_set():
                 raise _Interrupted
             try:
@@ -259,13 +279,12 @@ class IPythonEnvironment(Environment):
                 raise _KernelFailed(f"{reply.get('ename')}: {reply.get('evalue')}")
             return reply["data"][_MIME]
 
-    def _call(self, code: str, timeout_s: float) -> Any:
-        return self._run(self._await(self._send(code), timeout_s))
+    def _run_code(self, code: str, timeout_s: float) -> Any:
+        return self._run(self._await(self._execute(code), timeout_s))
 
-    @staticmethod
-    def _set_code(name: str, path: str, fmt: str) -> str:
-        return (f"_rlm.set_variable({name!r}, _rlm_runner.load_value({path!r}, {fmt!r}))\n"
-                "_rlm_reply = _RLMReply()")
+    def _control(self, message: protocol.Control, timeout_s: float) -> dict[str, Any]:
+        """Send one control message and return the fields of its reply."""
+        return self._reply(message.reply, self._run(self._await(self._send(message), timeout_s)))
 
     # -- the REPL ----------------------------------------------------------------------------
     def set_variable(self, name: str, value: Any) -> None:
@@ -275,8 +294,8 @@ class IPythonEnvironment(Environment):
         self._variables[name] = (str(path), fmt)
         with self._lock:
             try:
-                self._call(self._set_code(name, str(path), fmt), self.start_timeout_s)
-            except (TimeoutError, _KernelDied, _KernelFailed) as exc:
+                self._control(protocol.SetVar(name, fmt, str(path)), self.start_timeout_s)
+            except (_NoReply, _KernelDied, _KernelFailed) as exc:
                 self._restart()  # loads every host variable, this one included
                 if isinstance(exc, _KernelFailed):
                     raise EnvError(f"{self.name}: cannot set {name!r}: {exc}") from exc
@@ -288,38 +307,38 @@ class IPythonEnvironment(Environment):
         started = time.monotonic()
         with self._lock:
             self._interrupted.clear()
-            # As ASCII JSON text: Jupyter's own packer cannot carry a lone surrogate.
-            msg_id = self._send("_rlm_reply = _RLMReply(__import__('json').dumps("
-                                f"_rlm.run_cell({code!r})))")
+            msg_id = self._send(protocol.Exec(code))
             try:
                 reply = self._run(self._await(msg_id, limit, interruptible=True))
-                return ExecResult.from_dict(json.loads(reply))
-            except TimeoutError:
-                return self._interrupt(msg_id, f"the block ran past {limit:g}s", started)
+                return ExecResult.from_dict(self._reply(protocol.Exec.reply, reply))
+            except _NoReply:
+                return self._stop(msg_id, protocol.timed_out(limit), started)
             except _Interrupted:
-                return self._interrupt(msg_id, "the call tree was stopped", started)
+                return self._stop(msg_id, protocol.CANCELLED, started)
             except _KernelDied as exc:
                 self._restart()
-                return ExecResult(error=f"ProcessDied: {exc} (killed or out of memory); "
-                                        f"{_LOST}", elapsed_s=time.monotonic() - started)
+                return ExecResult(error=protocol.process_died(str(exc)),
+                                  elapsed_s=time.monotonic() - started)
             except _KernelFailed as exc:
                 raise EnvError(f"{self.name}: the kernel failed to run the block: {exc}") from exc
 
-    def _interrupt(self, msg_id: str, why: str, started: float) -> ExecResult:
+    def _stop(self, msg_id: str, cause: str, started: float) -> ExecResult:
+        """Interrupt the block of ``msg_id`` (stopped for ``cause``); restart the kernel
+        when it does not stop within ``interrupt_grace_s``."""
         assert self._km is not None
-        kind = "Cancelled" if why.startswith("the call tree") else "TimeoutError"
         self._run(self._km.interrupt_kernel())
         try:
-            value = json.loads(self._run(self._await(msg_id, self.interrupt_grace_s)))
+            reply = self._run(self._await(msg_id, self.interrupt_grace_s))
+            value = self._reply(protocol.Exec.reply, reply)
         except _KernelFailed:  # interrupted outside the model's code: nothing to report
             value = {}
-        except (TimeoutError, _KernelDied):
+        except (_NoReply, _KernelDied):
             self._restart()
-            return ExecResult(error=f"{kind}: {why} and it did not stop when interrupted; "
-                                    f"{_LOST}", elapsed_s=time.monotonic() - started)
+            return ExecResult(error=f"{cause} and it did not stop when interrupted; "
+                                    f"{protocol.RESTARTED}", elapsed_s=time.monotonic() - started)
         value.update(elapsed_s=time.monotonic() - started, error=(
-            f"{kind}: {why} and it was interrupted (KeyboardInterrupt); your variables "
-            "are kept, the block's work may be partial"))
+            f"{cause} and it was interrupted (KeyboardInterrupt); {protocol.KEPT}, the "
+            "block's work may be partial"))
         return ExecResult.from_dict(value)
 
     def interrupt(self) -> None:

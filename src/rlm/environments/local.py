@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rlm.bridge import protocol
 from rlm.bridge.guest import GuestRuntime
 from rlm.environments.base import Environment
 from rlm.environments.cells import CellThread
@@ -38,8 +39,8 @@ class LocalEnvironment(Environment):
     in_process = True
     supports_timeout = True
 
-    def __init__(self, *, capture_limit: int = 2_000_000, block_timeout_s: float = 300.0,
-                 interrupt_grace_s: float = 2.0) -> None:
+    def __init__(self, *, capture_limit: int = protocol.CAPTURE_LIMIT,
+                 block_timeout_s: float = 300.0, interrupt_grace_s: float = 2.0) -> None:
         self._capture_limit = capture_limit
         self.block_timeout_s = block_timeout_s
         self._cells = CellThread(grace_s=interrupt_grace_s)
@@ -86,14 +87,13 @@ class LocalEnvironment(Environment):
             if outcome.error is not None:  # the scaffold itself failed
                 raise EnvError(f"{self.name}: {type(outcome.error).__name__}: {outcome.error}")
             return ExecResult.from_dict(outcome.value)
-        why = (f"TimeoutError: the block ran past {limit:g}s and was stopped"
-               if outcome.stopped == "timeout" else
-               "Cancelled: the call tree was stopped while this block ran")
+        why = (f"{protocol.timed_out(limit)} and was stopped" if outcome.stopped == "timeout"
+               else protocol.CANCELLED)
         if outcome.abandoned:
             why += " (it was stuck in a call that cannot be interrupted and goes on alone)"
         partial = outcome.value if isinstance(outcome.value, dict) else {}
         return ExecResult(stdout=partial.get("stdout", ""), stderr=partial.get("stderr", ""),
-                          error=why + "; your variables are kept",
+                          error=f"{why}; {protocol.KEPT}",
                           elapsed_s=time.monotonic() - started)
 
     def interrupt(self) -> None:

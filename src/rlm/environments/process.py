@@ -21,7 +21,6 @@ Each environment owns one private directory (mode 0711) holding two others:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import shutil
@@ -40,7 +39,7 @@ from rlm.bridge import protocol
 from rlm.bridge.tcp import LMServer
 from rlm.environments.base import Environment
 from rlm.environments.files import make_dir, ship_runner, write_value
-from rlm.environments.layout import SAFE_ENV
+from rlm.environments.layout import SAFE_ENV, ProcessLimits
 from rlm.errors import EnvError, EnvStartError
 from rlm.tools import Tool, shipped_tools
 from rlm.types import ExecResult, HostCall
@@ -56,9 +55,12 @@ class _Interrupted(Exception):
     """The wait for a reply was cut short by ``interrupt``."""
 
 
-def _result(reply: dict[str, Any]) -> ExecResult:
-    """A ``result`` frame as an ``ExecResult``; ``ValueError`` when it is malformed."""
-    return ExecResult.from_dict({k: v for k, v in reply.items() if k != "type"})
+class _ReplGone(Exception):
+    """The REPL process ended, or broke the control channel (the text says how)."""
+
+
+class _NoReply(Exception):
+    """The REPL process gave no reply within the time it had."""
 
 
 class ProcessEnvironment(Environment):
@@ -69,7 +71,8 @@ class ProcessEnvironment(Environment):
       model is told so in the block's error.
     - ``interrupt()`` (the call tree stopped) sends SIGINT and, past ``interrupt_grace_s``,
       kills the process.
-    - ``memory_mb``, ``cpu_s``, ``max_processes``, ``max_file_mb``: rlimits of the process.
+    - ``memory_mb``, ``cpu_s``, ``max_processes``, ``max_file_mb``: rlimits of the process
+      (``limits``, a ``ProcessLimits``).
     - ``max_disk_mb``: where the guest may write only its scratch directory
       (``scratch_quota``) and the host runs as root, that directory is a tmpfs of this
       size (``None``: no limit).
@@ -96,18 +99,14 @@ class ProcessEnvironment(Environment):
 
     def __init__(self, *, block_timeout_s: float = 300.0, memory_mb: int | None = 4096,
                  cpu_s: int | None = None, max_processes: int | None = 256,
-                 max_file_mb: int | None = 1024, capture_limit: int = 2_000_000,
+                 max_file_mb: int | None = 1024, capture_limit: int = protocol.CAPTURE_LIMIT,
                  start_timeout_s: float = 60.0, interrupt_grace_s: float = 1.0,
                  max_disk_mb: int | None = 1024) -> None:
         self.block_timeout_s = block_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.max_disk_mb = max_disk_mb
         self._quota_mounted = False
-        self.limits = {
-            "memory_bytes": None if memory_mb is None else memory_mb << 20,
-            "cpu_s": cpu_s, "processes": max_processes,
-            "file_bytes": None if max_file_mb is None else max_file_mb << 20, "core_bytes": 0,
-        }
+        self.limits = ProcessLimits(memory_mb, cpu_s, max_processes, max_file_mb)
         self.capture_limit = capture_limit
         self.start_timeout_s = start_timeout_s
         #: The environment's private directory, its ``control`` and ``work`` (scratch) dirs.
@@ -125,20 +124,7 @@ class ProcessEnvironment(Environment):
         self._closed = False
         self._interrupted = threading.Event()
 
-    # -- hooks for subclasses -----------------------------------------------------------------
-    @classmethod
-    def probe(cls) -> None:
-        """Raise ``EnvStartError`` saying why this machine cannot run the environment (a
-        missing tool...); checked by ``unavailable_reason`` and before each start."""
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            cls.probe()
-        except EnvStartError as exc:
-            return str(exc)
-        return None
-
+    # -- hooks for subclasses (and ``probe``, see ``Environment``) ----------------------------
     def launch_command(self, runner: Path) -> list[str]:
         """The command that starts ``runner`` (a host path inside the control directory)."""
         return [sys.executable, "-I", "-u", str(runner)]
@@ -177,7 +163,7 @@ class ProcessEnvironment(Environment):
         assert self.scratch is not None
         return {**SAFE_ENV, "HOME": self.guest_path(self.scratch),
                 "TMPDIR": self.guest_path(self.scratch / "tmp"),
-                "RLM_LIMITS": json.dumps(self.limits)}
+                "RLM_LIMITS": self.limits.env()}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
@@ -185,7 +171,7 @@ class ProcessEnvironment(Environment):
             return
         if self._closed:
             raise EnvError("the environment is closed")
-        self.probe()
+        self.check_available()
         self._tool_sources = shipped_tools(tools, self.name)
         self._make_dirs()
         assert self.control is not None
@@ -244,23 +230,28 @@ class ProcessEnvironment(Environment):
         proc = self._proc
         threading.Thread(target=self._read_replies, args=(proc, self._replies), daemon=True,
                          name=f"rlm-{self.name}-reader").start()
-        self._expect("ready", self.start_timeout_s, starting=True)
-        lm = ({} if self._server is None else
-              {"lm_address": self.guest_lm_address(self._server), "token": self._server.token})
-        self._roundtrip({"type": "init", **lm, "capture_limit": self.capture_limit},
-                        self.start_timeout_s, starting=True)
+        try:
+            self._handshake()
+        except (_ReplGone, _NoReply) as exc:
+            self._kill()
+            raise EnvStartError(f"{self.name}: {exc}") from None
+
+    def _handshake(self) -> None:
+        """Wait for ``ready``; send ``init``, the tools and every variable set so far."""
+        timeout, server = self.start_timeout_s, self._server
+        self._expect(protocol.Ready.type, timeout)
+        self._roundtrip(protocol.Init(
+            lm_address=None if server is None else self.guest_lm_address(server),
+            token="" if server is None else server.token, capture_limit=self.capture_limit,
+        ), timeout)
         if self._tool_sources:
             try:
-                self._roundtrip({"type": "tools", "sources": self._tool_sources},
-                                self.start_timeout_s, starting=True)
-            except EnvStartError:
-                raise
+                self._roundtrip(protocol.Tools(self._tool_sources), timeout)
             except EnvError as exc:  # a tool's code failed in the guest
                 self._kill()
                 raise EnvStartError(str(exc)) from None
         for name, (path, fmt) in self._variables.items():
-            self._roundtrip({"type": "set_var", "name": name, "file": path, "format": fmt},
-                            self.start_timeout_s, starting=True)
+            self._roundtrip(protocol.SetVar(name, fmt, path), timeout)
 
     def _read_replies(self, proc: subprocess.Popen[bytes],
                       replies: queue.Queue[dict[str, Any] | None]) -> None:
@@ -276,21 +267,21 @@ class ProcessEnvironment(Environment):
                 with contextlib.suppress(OSError):
                     proc.stdout.close()
                 return
-            if self.lm_over_control and message.get("type") == "lm_request":
+            if self.lm_over_control and message.get("type") == protocol.LMRequest.type:
                 threading.Thread(target=self._answer, args=(proc, message), daemon=True,
                                  name=f"rlm-{self.name}-lm").start()
             else:
                 replies.put(message)
 
-    def _answer(self, proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+    def _answer(self, proc: subprocess.Popen[bytes], frame: dict[str, Any]) -> None:
         """Answer one ``lm_request`` of the guest with the host's ``call``."""
         assert self._call is not None
         try:
-            reply = self._call(message.get("request") or {})
-        except Exception as exc:  # a bug in the handler must not kill the channel
-            reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+            reply = self._call(protocol.LMRequest.from_dict(frame).request)
+        except Exception as exc:  # a malformed request or a bug in the handler: not the end
+            reply = protocol.error_reply(exc)
         with contextlib.suppress(OSError, ValueError, protocol.ProtocolError):
-            self._send({"type": "lm_reply", "id": message.get("id"), "reply": reply}, proc)
+            self._send(protocol.LMReply(frame.get("id"), reply).to_dict(), proc)
 
     def _send(self, message: dict[str, Any], proc: subprocess.Popen[bytes] | None = None
               ) -> None:
@@ -299,15 +290,18 @@ class ProcessEnvironment(Environment):
         with self._write_lock:
             protocol.send(protocol.FileStream(None, proc.stdin), message)
 
-    def _expect(self, kind: str, timeout_s: float | None, *, starting: bool = False,
+    def _expect(self, kind: str, timeout_s: float | None, *,
                 interruptible: bool = False) -> dict[str, Any]:
+        """The fields of the next reply, which must be of ``kind``: ``_NoReply`` past
+        ``timeout_s``, ``_ReplGone``, ``_Interrupted`` (if ``interruptible``), or
+        ``EnvError`` for an ``error`` frame or another type (the channel is not in step)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 reply = self._replies.get(timeout=left)
             except queue.Empty:
-                raise TimeoutError from None
+                raise _NoReply(f"the REPL process did not answer in {timeout_s:g}s") from None
             if reply is not _WAKE:
                 break
             if interruptible and self._interrupted.is_set():
@@ -316,34 +310,21 @@ class ProcessEnvironment(Environment):
             code = None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._proc.wait(1) if self._proc is not None else None
-            raise (EnvStartError if starting else ProcessLookupError)(
-                f"{self.name}: the REPL process ended or broke the control channel "
-                f"(exit code {code})")
-        if reply.get("type") == "error":
-            raise EnvError(f"{self.name}: {reply.get('message')}")
-        if reply.get("type") != kind:
-            raise EnvError(f"{self.name}: expected {kind!r}, got {reply.get('type')!r}")
-        return reply
+            raise _ReplGone(f"the REPL process ended or broke the control channel "
+                            f"(exit code {code})")
+        try:
+            return protocol.expect_reply(reply, kind)
+        except (protocol.Refused, protocol.ProtocolError) as exc:
+            raise EnvError(f"{self.name}: {exc}") from None
 
-    def _roundtrip(self, message: dict[str, Any], timeout_s: float | None, *,
-                   starting: bool = False, interruptible: bool = False) -> dict[str, Any]:
-        expected = {"init": "ok", "tools": "ok", "set_var": "ok", "exec": "result",
-                    "shutdown": "ok"}[message["type"]]
+    def _roundtrip(self, message: protocol.Control, timeout_s: float | None, *,
+                   interruptible: bool = False) -> dict[str, Any]:
+        """Send ``message`` and return the fields of its reply (see ``_expect``)."""
         try:
-            self._send(message)
+            self._send(message.to_dict())
         except (OSError, ValueError) as exc:
-            if starting:
-                raise EnvStartError(f"{self.name}: the REPL process is gone: {exc}") from exc
-            raise ProcessLookupError(str(exc)) from exc
-        try:
-            return self._expect(expected, timeout_s, starting=starting,
-                                interruptible=interruptible)
-        except TimeoutError:
-            if starting:
-                self._kill()
-                raise EnvStartError(f"{self.name}: the REPL process did not answer in "
-                                    f"{timeout_s:g}s") from None
-            raise
+            raise _ReplGone(f"the REPL process is gone: {exc}") from exc
+        return self._expect(message.reply, timeout_s, interruptible=interruptible)
 
     # -- the REPL ----------------------------------------------------------------------------
     def set_variable(self, name: str, value: Any) -> None:
@@ -355,8 +336,11 @@ class ProcessEnvironment(Environment):
             if self._proc is None:  # killed by an interrupt: the new REPL loads every variable
                 self._revive()
                 return
-            self._roundtrip({"type": "set_var", "name": name, "file": self.guest_path(path),
-                             "format": fmt}, self.start_timeout_s)
+            try:
+                self._roundtrip(protocol.SetVar(name, fmt, self.guest_path(path)),
+                                self.start_timeout_s)
+            except (_ReplGone, _NoReply) as exc:  # the next block finds it dead and restarts
+                raise EnvError(f"{self.name}: cannot set {name!r}: {exc}") from None
 
     def _write_value(self, name: str, value: Any) -> tuple[Path, str]:
         assert self.control is not None
@@ -380,15 +364,15 @@ class ProcessEnvironment(Environment):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGINT)
             try:
-                result = _result(self._expect("result", self.interrupt_grace_s))
-            except (TimeoutError, ProcessLookupError, EnvError, ValueError):
+                result = ExecResult.from_dict(self._expect(protocol.Exec.reply,
+                                                           self.interrupt_grace_s))
+            except (_NoReply, _ReplGone, EnvError, ValueError):
                 self._kill()  # the next use starts a new REPL
                 result = ExecResult()
         else:
             result = ExecResult()
         return replace(result, elapsed_s=time.monotonic() - started, error=(
-            "Cancelled: the call tree was stopped while this block ran"
-            + (f"\n{result.error}" if result.error else "")))
+            protocol.CANCELLED + (f"\n{result.error}" if result.error else "")))
 
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
         if self._closed:
@@ -401,33 +385,18 @@ class ProcessEnvironment(Environment):
             self._revive()
             self._interrupted.clear()
             try:
-                reply = self._roundtrip({"type": "exec", "code": code}, limit,
-                                        interruptible=True)
+                return ExecResult.from_dict(
+                    self._roundtrip(protocol.Exec(code), limit, interruptible=True))
             except _Interrupted:
                 return self._stop_block(started)
-            except TimeoutError:
-                self._restart()
-                return ExecResult(error=(
-                    f"TimeoutError: the block ran past {limit:g}s and was stopped; the REPL "
-                    "was restarted: `context` is back, your other variables are gone"),
-                    elapsed_s=time.monotonic() - started)
-            except ProcessLookupError as exc:
-                self._restart()
-                return ExecResult(error=(
-                    f"ProcessDied: {exc} (out of memory or killed); the REPL was restarted: "
-                    "`context` is back, your other variables are gone"),
-                    elapsed_s=time.monotonic() - started)
-            except EnvError as exc:  # an out-of-turn frame: the channel cannot be trusted
-                problem = str(exc)
-            else:
-                try:
-                    return _result(reply)
-                except ValueError as exc:
-                    problem = str(exc)
+            except _NoReply:
+                error = f"{protocol.timed_out(limit)} and was stopped; {protocol.RESTARTED}"
+            except _ReplGone as exc:
+                error = protocol.process_died(f"{self.name}: {exc}")
+            except (EnvError, ValueError) as exc:  # out of step or malformed: not to be trusted
+                error = protocol.channel_broke(str(exc))
             self._restart()
-        return ExecResult(error=(
-            f"ProtocolError: {problem}; the REPL was restarted: `context` is back, your "
-            "other variables are gone"), elapsed_s=time.monotonic() - started)
+        return ExecResult(error=error, elapsed_s=time.monotonic() - started)
 
     def _restart(self) -> None:
         self._kill()
@@ -458,8 +427,8 @@ class ProcessEnvironment(Environment):
         try:
             if self._proc is not None:
                 try:
-                    with contextlib.suppress(Exception):
-                        self._roundtrip({"type": "shutdown"}, 2.0)
+                    with contextlib.suppress(EnvError, _ReplGone, _NoReply):
+                        self._roundtrip(protocol.Shutdown(), 2.0)
                 finally:
                     self._kill()
         finally:

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,6 @@ from typing import Any
 from rlm.environments.files import RUNNER_FILES, ship_runner
 from rlm.environments.process import ProcessEnvironment
 from rlm.errors import EnvStartError, MissingDependencyError
-from rlm.tools import Tool
-from rlm.types import HostCall
 
 __all__ = ["PYODIDE_VERSION", "PyodideEnvironment", "ensure_runtime", "runtime_dir"]
 
@@ -81,11 +79,21 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _npm_install(root: Path) -> None:
+def _installed(root: Path) -> bool:
+    return (root / "node_modules" / "pyodide" / "pyodide.asm.wasm").is_file()
+
+
+def _npm(root: Path) -> str:
+    """The ``npm`` that installs Pyodide into ``root``; ``EnvStartError`` when there is none."""
     npm = shutil.which("npm")
     if npm is None:
         raise EnvStartError(f"pyodide: npm is needed once to install pyodide@{PYODIDE_VERSION} "
                             f"into {root} (install Node.js and npm)")
+    return npm
+
+
+def _npm_install(root: Path) -> None:
+    npm = _npm(root)
     staging = root.with_name(f"{root.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -136,7 +144,7 @@ def ensure_runtime(deno: str) -> tuple[Path, Path | None]:
     root = runtime_dir() / PYODIDE_VERSION
     with _locked(root.with_name(f".{PYODIDE_VERSION}.lock")):
         pyodide = root / "node_modules" / "pyodide"
-        if not (pyodide / "pyodide.asm.wasm").is_file():
+        if not _installed(root):
             _npm_install(root)
         key = hashlib.sha256(_runner_script().read_bytes())
         for name in RUNNER_FILES:  # the snapshot holds them imported
@@ -189,21 +197,18 @@ class PyodideEnvironment(ProcessEnvironment):
         self._snapshot: Path | None = None
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            deno_binary()
-        except MissingDependencyError as exc:
-            return str(exc)
-        installed = runtime_dir() / PYODIDE_VERSION / "node_modules/pyodide/pyodide.asm.wasm"
-        if not installed.is_file() and shutil.which("npm") is None:
-            return f"npm is needed once to install pyodide@{PYODIDE_VERSION}"
-        return None
+    def probe(cls) -> None:
+        """Deno, and Pyodide installed or npm to install it."""
+        deno_binary()
+        root = runtime_dir() / PYODIDE_VERSION
+        if not _installed(root):
+            _npm(root)
 
-    def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
-        if self._proc is None and not self._closed and self._pyodide is None:
+    def prepare(self) -> None:
+        """Install Pyodide and snapshot it (once per machine) before the first process."""
+        if self._pyodide is None:
             self._deno = deno_binary()
             self._pyodide, self._snapshot = ensure_runtime(self._deno)
-        super().start(call, tools)
 
     def launch_command(self, runner: Path) -> list[str]:
         assert self._pyodide is not None and self.control is not None

@@ -1,21 +1,23 @@
 // The REPL process of the "pyodide" environment: CPython compiled to WebAssembly, under Deno.
 //
 //   deno run <flags> pyodide_runner.js PYODIDE_DIR GUEST_DIR [SNAPSHOT]
-//     loads Pyodide from PYODIDE_DIR (from SNAPSHOT when it loads), copies guest.py,
-//     protocol.py and runner.py from GUEST_DIR into Pyodide's in-memory file system and runs
+//     loads Pyodide from PYODIDE_DIR (from SNAPSHOT when it loads), copies the guest's
+//     files (GUEST_FILES) from GUEST_DIR into Pyodide's in-memory file system and runs
 //     `runner.serve` on this process's stdin/stdout: the same control frames as every
 //     process environment, LM requests included (they travel on the control channel, since
 //     the process has no network).  Model code blocks in a synchronous stdin read while its
 //     `llm_query` waits for the host.
 //   deno run <flags> pyodide_runner.js PYODIDE_DIR --make-snapshot GUEST_DIR
 //     writes a memory snapshot of an interpreter that has imported the runner to stdout;
-//     the host keeps it next to PYODIDE_DIR, one per version of the four files.
+//     the host keeps it next to PYODIDE_DIR, one per version of the runtime's files.
 //
 // No remote import, no network, no environment variable: only files the host's
 // `--allow-read` names can be read, through Deno.
 
 const [pyodideDir, mode, ...rest] = Deno.args;
 const IMPORT = 'import sys; sys.path.insert(0, "/rlm"); import runner';
+// What runner.py imports, itself included (rlm.environments.files.RUNNER_FILES less the broker).
+const GUEST_FILES = ["guest.py", "guards.py", "protocol.py", "values.py", "runner.py"];
 const GLUE = `
 import _rlm_host, protocol, runner
 from pyodide.ffi import to_js
@@ -45,7 +47,7 @@ function read(size) {
 
 function shipGuest(pyodide, guestDir) {
   pyodide.FS.mkdirTree("/rlm");
-  for (const name of ["guest.py", "guards.py", "protocol.py", "runner.py"]) {
+  for (const name of GUEST_FILES) {
     pyodide.FS.writeFile(`/rlm/${name}`, Deno.readFileSync(`${guestDir}/${name}`));
   }
 }

@@ -7,28 +7,31 @@ the LM requests of the sandbox code and answers each with the ``call`` given to
 ``start`` (the host's LM handler), so keys never enter the sandbox.  A cloud adapter only
 says how to create the sandbox, copy files in, start a command and reach a port.
 ``LocalRemoteEnvironment`` (``remote_local.py``) runs the broker as a local process: the same
-code path, for tests.
+code path, for tests.  The broker's settings travel on its command line
+(``rlm.bridge.broker.BrokerSettings``), each control message as ``POST /<op>``
+(``rlm.bridge.protocol``), each value as the raw body of ``POST /set_var``
+(``rlm.bridge.values``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import secrets
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
 import httpx
 
-from rlm.context import FolderContext
+from rlm.bridge import protocol
+from rlm.bridge.broker import BrokerSettings
 from rlm.environments.base import Environment
-from rlm.environments.files import RUNNER_FILES
+from rlm.environments.files import RUNNER_FILES, encode_variable
 from rlm.errors import EnvError, EnvStartError, MissingDependencyError, RLMError
 from rlm.tools import Tool, shipped_tools
 from rlm.types import ExecResult, HostCall
@@ -44,33 +47,6 @@ def import_sdk(module: str, extra: str) -> Any:
         raise MissingDependencyError(
             f"the {extra!r} environment needs the {module} package: pip install 'rlm[{extra}]'"
         ) from exc
-
-
-_CHUNK = 1 << 22  # characters or bytes per piece of a streamed value
-
-
-def _encode(name: str, value: Any, owner: str) -> tuple[str, int, Iterator[bytes]]:
-    """A value as the raw body of ``POST /set_var`` (never a code literal): its format,
-    its size in bytes and the pieces, made one at a time so a 1 GiB string is not copied
-    whole."""
-    if isinstance(value, str):
-        size = len(value) if value.isascii() else sum(
-            len(value[i:i + _CHUNK].encode("utf-8", "surrogatepass"))
-            for i in range(0, len(value), _CHUNK))
-        return "text", size, (value[i:i + _CHUNK].encode("utf-8", "surrogatepass")
-                              for i in range(0, len(value), _CHUNK))
-    if isinstance(value, bytes | bytearray | memoryview):
-        data = memoryview(value).cast("B")
-        return "bytes", data.nbytes, (bytes(data[i:i + _CHUNK])
-                                      for i in range(0, data.nbytes, _CHUNK))
-    if isinstance(value, FolderContext):
-        value = dict(value.items())
-    try:
-        text = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    except (TypeError, ValueError) as exc:
-        raise EnvError(f"{owner}: variable {name!r} of type {type(value).__name__} cannot be "
-                       "sent to a sandbox (use str, bytes, list, dict)") from exc
-    return "json", len(text), iter([text])
 
 
 class RemoteEnvironment(Environment):
@@ -104,16 +80,15 @@ class RemoteEnvironment(Environment):
 
     def __init__(self, *, block_timeout_s: float = 300.0, request_timeout_s: float = 900.0,
                  host_timeout_s: float = 60.0, start_timeout_s: float = 180.0,
-                 capture_limit: int = 2_000_000, max_concurrent_calls: int = 32,
+                 capture_limit: int = protocol.CAPTURE_LIMIT, max_concurrent_calls: int = 32,
                  port: int = 8765) -> None:
-        self.block_timeout_s = block_timeout_s
-        self.request_timeout_s = request_timeout_s
-        self.host_timeout_s = host_timeout_s
+        #: What the broker is launched with.
+        self.settings = BrokerSettings(block_timeout_s=block_timeout_s,
+                                       request_timeout_s=request_timeout_s,
+                                       host_timeout_s=host_timeout_s, capture_limit=capture_limit)
         self.start_timeout_s = start_timeout_s
-        self.capture_limit = capture_limit
         self.max_concurrent_calls = max_concurrent_calls
         self.port = port
-        self.grace_s = 2.0
         self.base_url: str | None = None
         self._token = secrets.token_urlsafe(32)
         self._call: HostCall | None = None
@@ -154,10 +129,7 @@ class RemoteEnvironment(Environment):
         folder = self.remote_dir
         return [self.python, f"{folder}/broker.py", "--bind", self.bind_host,
                 "--port", str(self.port), "--token-file", f"{folder}/token",
-                "--block-timeout", f"{self.block_timeout_s:g}", "--grace", f"{self.grace_s:g}",
-                "--request-timeout", f"{self.request_timeout_s:g}",
-                "--host-timeout", f"{self.host_timeout_s:g}",
-                "--capture-limit", str(self.capture_limit)]
+                *self.settings.to_argv()]
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, call: HostCall, tools: Mapping[str, Tool] | None = None) -> None:
@@ -178,7 +150,7 @@ class RemoteEnvironment(Environment):
             self._wait_until_healthy()
             if sources:
                 try:
-                    self._post("/tools", {"sources": sources}, self.start_timeout_s)
+                    self._control(protocol.Tools(sources), self.start_timeout_s)
                 except EnvError as exc:
                     raise EnvStartError(str(exc)) from None
         except BaseException as exc:
@@ -219,7 +191,7 @@ class RemoteEnvironment(Environment):
     def _poll(self) -> None:
         client, pool = self._client, self._pool
         assert client is not None and pool is not None
-        wait_s = min(20.0, self.host_timeout_s / 4)
+        wait_s = min(20.0, self.settings.host_timeout_s / 4)
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -246,7 +218,7 @@ class RemoteEnvironment(Environment):
         try:
             reply = self._call(message)
         except Exception as exc:  # a bug in the handler must reach the sandbox as an error
-            reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+            reply = protocol.error_reply(exc)
         # A reply that cannot be delivered fails in the sandbox within its bounds, where the
         # model sees it; nothing on the host waits for it.
         with contextlib.suppress(httpx.HTTPError, RuntimeError):
@@ -266,23 +238,32 @@ class RemoteEnvironment(Environment):
         except httpx.TransportError as exc:
             raise EnvError(f"{self.name}: the sandbox cannot be reached ({exc}); it has "
                            "stopped or was killed") from exc
+        if reply.status_code == 500:  # the sandbox's REPL runtime broke, not the model's code
+            raise EnvError(f"{self.name}: the sandbox's REPL failed in {path}: "
+                           f"{protocol.error_text(reply.json().get('error'))}")
         if reply.status_code != 200:
             raise EnvError(f"{self.name}: the broker refused {path}: HTTP "
                            f"{reply.status_code} {reply.text[:200]}")
         return reply.json()
 
+    def _control(self, message: protocol.Control, timeout_s: float) -> dict[str, Any]:
+        """``POST /<op>`` with the message's fields: a control message to the broker."""
+        return self._post(f"/{message.type}", message.body(), timeout_s)
+
     def set_variable(self, name: str, value: Any) -> None:
-        fmt, size, pieces = _encode(name, value, self.name)
+        encoded = encode_variable(name, value, owner=self.name, to="a sandbox")
+        size = encoded.size
         with self._lock:
-            self._post("/set_var", None, self.start_timeout_s + size / 20e6,
-                       params={"name": name, "format": fmt}, content=pieces,
-                       headers={"Content-Length": str(size)})
+            self._post(f"/{protocol.SetVar.type}", None, self.start_timeout_s + size / 20e6,
+                       params={"name": name, "format": encoded.format},
+                       content=encoded.pieces(), headers={"Content-Length": str(size)})
 
     def execute(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
-        limit = self.block_timeout_s if timeout_s is None else min(timeout_s, self.block_timeout_s)
+        block = self.settings.block_timeout_s
+        limit = block if timeout_s is None else min(timeout_s, block)
         with self._lock:
-            reply = self._post("/exec", {"code": code, "timeout_s": limit},
-                               limit + self.grace_s + 30.0)
+            reply = self._control(protocol.Exec(code, limit),
+                                  limit + self.settings.grace_s + 30.0)
         return ExecResult.from_dict(reply)
 
     def interrupt(self) -> None:
@@ -310,7 +291,7 @@ class RemoteEnvironment(Environment):
         if client is not None:
             # Ends the broker and wakes the poller's long poll; a dead broker fails at once.
             with contextlib.suppress(httpx.HTTPError):
-                client.post("/shutdown", json={}, timeout=5.0)
+                client.post(f"/{protocol.Shutdown.type}", json={}, timeout=5.0)
         if self._poller is not None:
             self._poller.join(timeout=10.0)
         if self._pool is not None:

@@ -39,7 +39,6 @@ _NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts
 #: ``bwrap --die-with-parent`` kills the sandbox when the *thread* that started it ends
 #: (PR_SET_PDEATHSIG), so sandboxes are started from these long-lived threads.
 _SPAWNER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rlm-sandbox-spawn")
-_probed: dict[str, str] = {}
 
 
 class SandboxEnvironment(ProcessEnvironment):
@@ -84,7 +83,19 @@ class SandboxEnvironment(ProcessEnvironment):
 
     @classmethod
     def probe(cls) -> None:
-        _probe()
+        """A ``bwrap`` that can make the namespaces here (and, as root, ``setpriv``)."""
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise EnvStartError("sandbox: bubblewrap is not installed (apt-get install "
+                                "bubblewrap)")
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
+            raise EnvStartError("sandbox: setpriv is missing (apt-get install util-linux)")
+        user = [] if os.geteuid() == 0 else ["--unshare-user"]
+        check = subprocess.run([bwrap, *user, *_NAMESPACES, "--ro-bind", "/", "/", "true"],
+                               capture_output=True, text=True, timeout=30, check=False)
+        if check.returncode != 0:
+            raise EnvStartError(f"sandbox: bwrap cannot create namespaces here: "
+                                f"{check.stderr.strip() or check.returncode}")
 
     # -- hooks -----------------------------------------------------------------------------
     def guest_ids(self) -> tuple[int, int] | None:
@@ -93,8 +104,8 @@ class SandboxEnvironment(ProcessEnvironment):
     def launch_command(self, runner: Path) -> list[str]:
         """``bwrap`` (inside the cgroups), then ``setpriv`` to ``uid`` when run as root."""
         python, binds, links = python_layout()
-        command = [_probe(), *_NAMESPACES, "--die-with-parent", "--new-session",
-                   "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
+        command = [shutil.which("bwrap") or "bwrap", *_NAMESPACES, "--die-with-parent",
+                   "--new-session", "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
                    "--ro-bind", "/usr", "/usr"]
         if os.geteuid() == 0:
             command += ["--cap-drop", "ALL"]  # but what setpriv needs to drop the rest
@@ -143,7 +154,7 @@ class SandboxEnvironment(ProcessEnvironment):
         assert self.control is not None
         write_file(self.control / "seccomp.bpf", _seccomp_program())
         if self.cgroups is None:
-            self.cgroups = _make_cgroups(self.limits) if self.use_cgroups else []
+            self.cgroups = _make_cgroups(self.limits.rlimits()) if self.use_cgroups else []
 
     def close(self) -> None:
         try:
@@ -152,25 +163,6 @@ class SandboxEnvironment(ProcessEnvironment):
             for path in self.cgroups or []:
                 _remove_cgroup(path)
             self.cgroups = []
-
-
-def _probe() -> str:
-    """The path of a working ``bwrap``; raises ``EnvStartError`` saying why there is none."""
-    if "bwrap" in _probed:
-        return _probed["bwrap"]
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise EnvStartError("sandbox: bubblewrap is not installed (apt-get install bubblewrap)")
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        raise EnvStartError("sandbox: setpriv is missing (apt-get install util-linux)")
-    user = [] if os.geteuid() == 0 else ["--unshare-user"]
-    check = subprocess.run([bwrap, *user, *_NAMESPACES, "--ro-bind", "/", "/", "true"],
-                           capture_output=True, text=True, timeout=30, check=False)
-    if check.returncode != 0:
-        raise EnvStartError(f"sandbox: bwrap cannot create namespaces here: "
-                            f"{check.stderr.strip() or check.returncode}")
-    _probed["bwrap"] = bwrap
-    return bwrap
 
 
 def _seccomp_program() -> bytes:

@@ -1,0 +1,1 @@
+"""Backend tests: the contract every backend keeps, and the openai-compatible one."""
