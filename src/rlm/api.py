@@ -183,27 +183,37 @@ class RLM:
         self.persistent = persistent
 
         self._owned: list[LMBackend] = []
-        root = self._backend(backend, backend_kwargs, "backend")
-        sub_kwargs = renamed.get("sub_backend_kwargs")
-        sub = None if sub_backend is None else self._backend(sub_backend, sub_kwargs,
-                                                             "sub_backend")
-        named = {name: self._backend(spec, None, f"models[{name!r}]")
-                 for name, spec in (models or {}).items()}
-        self.router = ModelRouter(root, sub, named)
-        unpriced = self.router.unpriced() if self.limits.max_budget is not None else []
-        if unpriced:
-            raise ConfigError(
-                f"max_budget is set but the price of {', '.join(unpriced)} is unknown; pass "
-                "backend_kwargs={'price_per_mtok': (input_usd, output_usd)}"
-            )
+        self._session: Session | None = None
+        try:  # the backends built so far are closed when a later one fails
+            self.router = self._router(backend, backend_kwargs, sub_backend,
+                                       renamed.get("sub_backend_kwargs"), models)
+        except BaseException:
+            self.close()
+            raise
 
         self._env_instance = environment if isinstance(environment, Environment) else None
         self._env_factory = _environment_factory(environment, environment_kwargs)
         self.engine = Engine(self.router, self._env_factory, self.limits, self.loop,
                              checked_tools)
-        self._session: Session | None = None
 
     # -- construction helpers ---------------------------------------------------------------
+    def _router(self, backend: BackendSpec, backend_kwargs: Mapping[str, Any] | None,
+                sub_backend: BackendSpec | None, sub_kwargs: Mapping[str, Any] | None,
+                models: Mapping[str, BackendSpec] | None) -> ModelRouter:
+        root = self._backend(backend, backend_kwargs, "backend")
+        sub = None if sub_backend is None else self._backend(sub_backend, sub_kwargs,
+                                                             "sub_backend")
+        named = {name: self._backend(spec, None, f"models[{name!r}]")
+                 for name, spec in (models or {}).items()}
+        router = ModelRouter(root, sub, named)
+        unpriced = router.unpriced() if self.limits.max_budget is not None else []
+        if unpriced:
+            raise ConfigError(
+                f"max_budget is set but the price of {', '.join(unpriced)} is unknown; pass "
+                "backend_kwargs={'price_per_mtok': (input_usd, output_usd)}"
+            )
+        return router
+
     def _backend(self, spec: BackendSpec, kwargs: Mapping[str, Any] | None,
                  what: str) -> LMBackend:
         backend, created = registry.backend_from_spec(spec, kwargs, what=what)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlm import RLM, Limits, LoopConfig, ScriptedBackend, load_trace
+from rlm import RLM, Limits, LoopConfig, ScriptedBackend, load_trace, registry
 from rlm.core import prompts
-from rlm.errors import BackendError, BadResponseError, ConfigError
+from rlm.errors import BackendError, BadResponseError, ConfigError, UnknownBackendError
 from rlm.trace import MemorySink, load_all
 from tests.conftest import repl
 
@@ -186,3 +186,18 @@ def test_async_and_sync_runs_give_the_same_result():
     done = asyncio.run(run())
     assert (done.response, done.iterations, done.stop_reason, done.usage) == (
         sync.response, sync.iterations, sync.stop_reason, sync.usage)
+
+
+def test_backends_built_before_a_bad_one_are_closed(monkeypatch):
+    closed: list[str] = []
+
+    class Closing(ScriptedBackend):
+        def close(self) -> None:
+            closed.append(self.model_name)
+
+    monkeypatch.setitem(registry._BACKENDS, "closing", Closing)
+    with pytest.raises(UnknownBackendError):
+        RLM(backend="closing", backend_kwargs={"responses": [FINAL_LEN], "model": "root"},
+            sub_backend={"backend": "closing", "responses": [], "model": "sub"},
+            models={"broken": {"backend": "no-such-backend"}})
+    assert closed == ["root", "sub"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from rlm.backends.base import LMBackend
-from rlm.bridge.protocol import error_body as _error
+from rlm.bridge.protocol import error_body, error_reply
 from rlm.core.limits import Budget
 from rlm.core.routing import ModelRouter
 from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
@@ -147,7 +147,7 @@ class LMHandler:
                         output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
                         cached_input_tokens=completion.cached_input_tokens)
         if error is not None:
-            data["error"] = _error(error)
+            data["error"] = error_body(error)
             data.update(input_tokens=0, output_tokens=0, cost_usd=0.0)
         self.tracer.emit("lm_call", call.node, **data)
 
@@ -176,8 +176,8 @@ class LMHandler:
         """Answer one REPL request; errors come back as ``{"error": {type, message}}``."""
         op = message.get("op")
         if not self.sub_calls and op != "budget":
-            return {"error": {"type": "SubCallsDisabled", "message":
-                              "sub-model calls are disabled in this run (sub_calls=False)"}}
+            return error_reply("SubCallsDisabled",
+                               "sub-model calls are disabled in this run (sub_calls=False)")
         try:
             if op == "llm_query":
                 return {"text": self._llm_query(message.get("prompt", ""),
@@ -205,7 +205,7 @@ class LMHandler:
                 return {"remaining": self.budget.remaining(node.depth)}
             raise BridgeProtocolError(f"unknown request op {op!r}")
         except Exception as exc:  # a request, even a malformed one, gets an error reply
-            return {"error": _error(self._limit_reason(exc))}
+            return error_reply(self._limit_reason(exc))
 
     def _limit_reason(self, exc: BaseException) -> BaseException:
         """A call aborted because the tree was stopping reports why the tree stopped."""
@@ -269,11 +269,11 @@ class LMHandler:
                 pool.shutdown(wait=False, cancel_futures=True)
             reason = self.budget.tripped or Cancelled("the batch was cancelled")
             for future in pending:
-                results[futures[future]] = {"error": _error(reason)}
+                results[futures[future]] = error_reply(reason)
         failed = sum(1 for r in results if r and "error" in r)
         self.tracer.emit("subcall_end", node, op=op, count=len(jobs), failed=failed,
                          elapsed_s=time.monotonic() - started)
-        return [r or {"error": _error(Cancelled("not run"))} for r in results]
+        return [r or error_reply(Cancelled("not run")) for r in results]
 
     def _forget(self, future: cf.Future[str]) -> None:
         with self._in_flight_lock:
@@ -283,6 +283,6 @@ class LMHandler:
         try:
             return {"text": future.result()}
         except (RLMError, LimitExceeded, ValueError, TypeError) as exc:
-            return {"error": _error(self._limit_reason(exc))}
+            return error_reply(self._limit_reason(exc))
         except Exception as exc:
-            return {"error": _error(exc)}
+            return error_reply(exc)
