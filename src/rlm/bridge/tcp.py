@@ -67,11 +67,9 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         owner = self.server.owner
         try:
-            try:
-                authenticated = self._authenticate(owner)
-            finally:
-                owner._pending.release()
-            if authenticated:
+            authenticated = self._authenticate(owner)
+            if authenticated:  # a refused peer's slot is freed when its thread is done
+                owner._release_slot()
                 self.request.settimeout(owner.idle_timeout_s)
                 self._serve(protocol.SocketStream(self.request), owner)
         except Exception:  # a bug here must close this connection, not die unseen
@@ -164,10 +162,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self.owner._slot.held = True
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.owner._leave(request)
+            # Only now, with the connection shut: the next stalled peer's thread does not
+            # start while this one is still winding down.
+            self.owner._release_slot()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.exception("LM server: a connection failed")
@@ -211,6 +213,7 @@ class LMServer:
         self.max_connections = max_connections
         self.max_unauthenticated = max_unauthenticated
         self._pending = threading.BoundedSemaphore(max_unauthenticated)
+        self._slot = threading.local()  # whether this handler thread holds a preamble slot
         self._closing = False
         self.refused = 0
         self.turned_away = 0
@@ -231,6 +234,12 @@ class LMServer:
                 return False
             self._open.add(sock)
             return True
+
+    def _release_slot(self) -> None:
+        """Free this thread's preamble slot, once."""
+        if getattr(self._slot, "held", False):
+            self._slot.held = False
+            self._pending.release()
 
     def _leave(self, sock: socket.socket) -> None:
         with self._lock:
