@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import threading
@@ -74,8 +75,9 @@ class CompletionRequest:
     purpose: str = "query"
     cache_key: str | None = None
 
-    @property
+    @functools.cached_property
     def prompt_chars(self) -> int:
+        """Characters of every message's content (counted once per request)."""
         return sum(len(m.get("content", "")) for m in self.messages)
 
 

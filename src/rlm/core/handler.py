@@ -107,12 +107,13 @@ class LMHandler:
         """Check the limits and reserve the call's estimate (released or committed later)."""
         backend = backend or self.router.for_depth(request.depth)
         self.budget.check()
+        left = self.budget.time_left_s()
+        timeout = request.timeout_s if left is None else min(left, request.timeout_s or left)
+        # The request the backend gets is the one estimated: its prompt is measured once.
+        request = replace(request, timeout_s=timeout, cancel=self.budget.cancel_event)
         reservation = self.budget.reserve(
             backend.estimate_cost(request), backend.estimate_tokens(request)
         )
-        left = self.budget.time_left_s()
-        timeout = request.timeout_s if left is None else min(left, request.timeout_s or left)
-        request = replace(request, timeout_s=timeout, cancel=self.budget.cancel_event)
         return _Call(backend, request, reservation, node, purpose, time.monotonic())
 
     def _charged(self, call: _Call, completion: Completion) -> Completion:
