@@ -8,7 +8,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -48,10 +48,20 @@ class LoopOptions(TypedDict, total=False):
     block_time_share: float
 
 
-#: Keywords of earlier releases: still accepted, with a DeprecationWarning.
-_RENAMED = {"trace_dir": "trace", "trace_path": "trace", "trace_sink": "trace",
-            "sub_backend_kwargs": "sub_backend"}
-_LOOP_FIELDS = frozenset(LoopOptions.__annotations__)
+#: Keywords of earlier releases, still accepted with a DeprecationWarning: what replaces each.
+_RENAMED = {"trace_dir": "trace=...", "trace_path": "trace=...", "trace_sink": "trace=...",
+            "sub_backend_kwargs": 'sub_backend={"backend": name, **options}'}
+#: What ``**options`` may hold besides those: the fields of ``LoopConfig``.
+_LOOP_FIELDS = frozenset(field.name for field in fields(LoopConfig))
+
+
+def _pop_renamed(options: dict[str, Any]) -> dict[str, Any]:
+    """Take the renamed keywords out of ``options``, warning for each."""
+    renamed = {name: options.pop(name) for name in list(options) if name in _RENAMED}
+    for name in renamed:
+        warnings.warn(f"RLM({name}=...) is deprecated and will be removed in the next "
+                      f"release; use {_RENAMED[name]}", DeprecationWarning, stacklevel=3)
+    return renamed
 
 
 def _environment_class(spec: EnvironmentSpec) -> Any:
@@ -76,13 +86,7 @@ def _environment_factory(spec: EnvironmentSpec,
 
 def _trace_targets(trace: TraceSpec | None, renamed: dict[str, Any]
                    ) -> tuple[Path | None, Path | None, list[TraceSink]]:
-    """``(directory, file, sink)`` from ``trace=`` and the renamed keywords it replaces."""
-    for old in ("trace_dir", "trace_path", "trace_sink", "sub_backend_kwargs"):
-        if old in renamed:
-            new = ('sub_backend={"backend": name, **options}' if old == "sub_backend_kwargs"
-                   else "trace=...")
-            warnings.warn(f"RLM({old}=...) is deprecated and will be removed in the next "
-                          f"release; use {new}", DeprecationWarning, stacklevel=3)
+    """``(directory, file, sinks)`` from ``trace=`` and the renamed keywords it replaces."""
     given = [k for k in ("trace_dir", "trace_path", "trace_sink") if renamed.get(k) is not None]
     if trace is not None and given:
         raise ConfigError(f"give trace=, not also {given[0]}=")
@@ -169,7 +173,7 @@ class RLM:
         trace: TraceSpec | None = None,
         **options: Unpack[LoopOptions],
     ) -> None:
-        renamed = {k: options.pop(k) for k in list(options) if k in _RENAMED}  # type: ignore[misc]
+        renamed = _pop_renamed(options)  # type: ignore[arg-type]
         unknown = sorted(set(options) - _LOOP_FIELDS)
         if unknown:
             raise TypeError(f"RLM() got an unexpected keyword argument {unknown[0]!r}")

@@ -201,3 +201,11 @@ def test_backends_built_before_a_bad_one_are_closed(monkeypatch):
             sub_backend={"backend": "closing", "responses": [], "model": "sub"},
             models={"broken": {"backend": "no-such-backend"}})
     assert closed == ["root", "sub"]
+
+
+def test_the_keyword_shortcuts_are_exactly_the_loop_config_fields():
+    from dataclasses import fields
+
+    from rlm.api import LoopOptions
+
+    assert set(LoopOptions.__annotations__) == {field.name for field in fields(LoopConfig)}

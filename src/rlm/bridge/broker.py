@@ -88,12 +88,16 @@ class BrokerSettings:
                                 type=type(field.default))
 
     @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BrokerSettings:
+        """The settings of a command line parsed with ``add_arguments``."""
+        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+
+    @classmethod
     def from_argv(cls, argv: Sequence[str]) -> BrokerSettings:
         """The settings in ``argv`` (other arguments are ignored), defaults for the rest."""
         parser = argparse.ArgumentParser(add_help=False)
         cls.add_arguments(parser)
-        known, _ = parser.parse_known_args(list(argv))
-        return cls(**{field.name: getattr(known, field.name) for field in fields(cls)})
+        return cls.from_args(parser.parse_known_args(list(argv))[0])
 
 
 def _flag(name: str) -> str:  # block_timeout_s -> --block-timeout
@@ -464,8 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     parser.add_argument("--remove-on-exit", help="a folder to delete when the broker ends")
     args = parser.parse_args(argv)
-    settings = BrokerSettings.from_argv(sys.argv[1:] if argv is None else argv)
-    broker = Broker(_read_token(args.token_file), settings)
+    broker = Broker(_read_token(args.token_file), BrokerSettings.from_args(args))
     server = _Server((args.bind, args.port), _Handler)
     server.broker = broker
     ready = {"rlm_broker": VERSION, "port": server.server_address[1], "pid": os.getpid()}
