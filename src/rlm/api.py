@@ -46,6 +46,7 @@ class LoopOptions(TypedDict, total=False):
     prompt_profile: str | None
     sub_calls: bool
     block_time_share: float
+    verify_answers: bool | None
 
 
 #: Keywords of earlier releases, still accepted with a DeprecationWarning: what replaces each.

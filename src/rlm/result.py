@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlm.trace.tree import TraceNode
@@ -17,7 +17,11 @@ class RLMResult:
 
     ``response`` is the final answer, or the best answer available when a limit stopped the
     run (``stop_reason`` says which).  ``usage`` and ``cost_usd`` cover the WHOLE call tree;
-    ``trace`` is the tree of calls (``rlm.trace.TraceNode``).
+    ``trace`` is the tree of calls (``rlm.trace.TraceNode``).  ``output`` is the answer
+    parsed and validated against ``completion(..., schema=...)`` (a pydantic model instance
+    or the parsed JSON; ``None`` without a schema).  ``evidence`` lists where the answer came
+    from: the code outputs of the root node that contain it, or the block that computed it
+    (``{"iteration", "kind", "excerpt"}``).
     """
 
     response: str
@@ -30,6 +34,8 @@ class RLMResult:
     run_id: str
     trace_path: str | None = None
     answer_source: str | None = None
+    output: Any = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def input_tokens(self) -> int:
@@ -53,4 +59,5 @@ class RLMResult:
             "run_id": self.run_id,
             "trace_path": self.trace_path,
             "answer_source": self.answer_source,
+            "evidence": list(self.evidence),
         }

@@ -60,7 +60,9 @@ class CompletionRequest:
     is stopping, so backends that can abort early should watch it.  ``purpose`` is
     ``"turn"`` (a node's next REPL reply), ``"extract"`` (the last-resort answer) or
     ``"query"`` (a one-shot sub-call); ``cache_key`` names the conversation a turn belongs
-    to, so a backend can keep that conversation's prefix cached.
+    to, so a backend can keep that conversation's prefix cached.  ``response_schema`` is a
+    JSON Schema the reply must match (a typed sub-call): backends that can enforce it
+    (a grammar, a provider's structured-output mode) do; the handler validates every reply.
     """
 
     messages: list[Message]
@@ -74,6 +76,7 @@ class CompletionRequest:
     grammar: str | None = None
     purpose: str = "query"
     cache_key: str | None = None
+    response_schema: dict[str, Any] | None = field(default=None, compare=False)
 
     @functools.cached_property
     def prompt_chars(self) -> int:

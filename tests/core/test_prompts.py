@@ -18,11 +18,16 @@ def test_small_example_search_ignores_case_and_word_order():
     # question whose capitalisation and word order differ from the text's.
     example = re.search(r"```python\n(.*?)```", SMALL_SYSTEM_PROMPT, re.S).group(1)
     code = example.replace("\\\\n", "\\n")
-    context = "noise line\n2024-03-01 port 8443 opened by the payments service\nmore noise"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(code, {"context": context})
-    assert printed.getvalue().strip() == context.split("\n")[1]
+    needle = "2024-03-01 port 8443 opened by the Payments service"
+    lines = "noise line\n" + needle + "\nmore noise"
+    # A document without line breaks: the window around the match still shows the needle.
+    one_line = "filler words " * 5_000 + needle + " trailing words" * 5_000
+    for context in (lines, one_line):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(code, {"context": context})
+        assert needle in printed.getvalue()
+        assert len(printed.getvalue()) < 1_000
 
 
 def test_small_profile_refuses_final_after_a_search_that_found_nothing():

@@ -227,13 +227,14 @@ class Run:
 
     def drive_sync(self, context: Any) -> None:
         """Run the root node to its end (``self.outcome``)."""
-        loop = self._root_loop = self.loop(self.root, self._root_messages(context))
+        loop = self._root_loop = self.loop(self.root, self._root_messages(context),
+                                           self.question)
         self.outcome = self.run_sync(self.root, loop, self.env)
 
     async def drive_async(self, context: Any) -> None:
         """The async twin of ``drive_sync``: LM calls run on the event loop."""
         messages = await asyncio.to_thread(self._root_messages, context)
-        loop = self._root_loop = self.loop(self.root, messages)
+        loop = self._root_loop = self.loop(self.root, messages, self.question)
         stepper = _Stepper(loop.steps())
         while (step := stepper.next()) is not None:
             with stepper.performing() as send:
@@ -299,7 +300,7 @@ class Run:
             cost_usd=sum(u.cost_usd for u in usage.values()), usage=usage,
             iterations=outcome.iterations, elapsed_s=time.monotonic() - self.started,
             trace=tree, run_id=self.root.run_id, trace_path=self.trace_path,
-            answer_source=outcome.answer_source,
+            answer_source=outcome.answer_source, evidence=list(outcome.evidence),
         )
 
     # -- every node -------------------------------------------------------------------------
@@ -360,15 +361,18 @@ class Run:
         data: dict[str, Any] = {"elapsed_s": time.monotonic() - (started or self.started)}
         if outcome is not None:
             self.tracer.emit("final", node, **preview_fields(response=outcome.response),
-                             stop_reason=outcome.stop_reason, answer_source=outcome.answer_source)
+                             stop_reason=outcome.stop_reason, answer_source=outcome.answer_source,
+                             evidence=list(outcome.evidence))
             data["iterations"] = outcome.iterations
         if error is not None:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
         self.tracer.emit("run_end", node, **data)
 
-    def loop(self, node: NodeRef, messages: list[Message]) -> Loop:
+    def loop(self, node: NodeRef, messages: list[Message], question: str | None) -> Loop:
+        backend = self.router.for_depth(node.depth)
         return Loop(node, self.budget, messages, self.loop_config, self.tracer,
-                    prompt_profile=self.prompt_profile(node))
+                    prompt_profile=self.prompt_profile(node), question=question,
+                    window_tokens=getattr(backend, "context_window", None))
 
     def run_sync(self, node: NodeRef, loop: Loop, env: Environment) -> Outcome:
         """Drive ``loop`` to its end, performing each step in this thread."""
@@ -397,7 +401,7 @@ class Run:
         outcome = None
         try:
             messages = self.open_node(node, prompt, context, env, self._call_for(node))
-            outcome = self.run_sync(node, self.loop(node, messages), env)
+            outcome = self.run_sync(node, self.loop(node, messages, prompt), env)
             return outcome.response
         except BaseException as exc:
             self.close_node(node, None, exc, started)

@@ -21,15 +21,18 @@ code, output and answers (``rlm.trace.preview``).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from rlm.bridge.guest import MAX_ANSWER_CHARS
 from rlm.core import prompts
+from rlm.core.compaction import compact, estimate
+from rlm.core.evidence import Seen, grounding
 from rlm.core.handler import cap_answer
 from rlm.core.limits import Budget
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
+from rlm.core.repeats import BlockMemory, found_nothing, probe_code, question_words
 from rlm.errors import Cancelled, ConfigError, LimitExceeded
 from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
@@ -43,7 +46,7 @@ from rlm.types import (
     StopReason,
 )
 
-__all__ = ["CallLM", "Loop", "LoopConfig", "Outcome", "RunCode", "Step"]
+__all__ = ["AnswerCheck", "CallLM", "Loop", "LoopConfig", "Outcome", "RunCode", "Step"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,15 @@ class RunCode:
 
 
 Step = CallLM | RunCode
+
+AnswerCheck = Callable[[str], str | None]
+"""Checks a submitted answer: ``None`` accepts it, a message (fed back to the model as an
+error of that turn) refuses it; ``completion(..., schema=...)`` checks the answer's shape."""
+
+#: The temperature of the turn after a repeated block, so the model does not repeat again.
+REPEAT_TEMPERATURE = 0.7
+#: Tokens kept free for a reply when compacting, when ``max_output_tokens`` is not set.
+DEFAULT_REPLY_TOKENS = 1024
 
 #: Code output kept in a trace event (head and tail), so huge prints do not bloat traces.
 TRACE_OUTPUT_CHARS = 100_000
@@ -91,6 +103,9 @@ class LoopConfig:
       offered in the prompt (the paper's "no sub-calls" ablation).
     - ``block_time_share``: under ``max_timeout``, the share of the time left one block may
       use (at least ``MIN_BLOCK_S``), so a runaway block leaves the model time to react.
+    - ``verify_answers``: an answer the model never saw in an output and did not compute
+      gets one verification turn before it is accepted (``rlm.core.evidence``); ``None``:
+      the prompt profile decides (on for ``small``, off for ``default``).
     """
 
     max_output_chars: int = 20_000
@@ -104,6 +119,7 @@ class LoopConfig:
     prompt_profile: str | None = None
     sub_calls: bool = True
     block_time_share: float = 0.5
+    verify_answers: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_output_chars", "max_concurrency", "max_answer_chars",
@@ -129,6 +145,8 @@ class Outcome:
     stop_reason: StopReason
     iterations: int
     answer_source: str | None
+    #: Where the answer came from (``RLMResult.evidence``).
+    evidence: tuple[dict[str, Any], ...] = ()
 
 
 def _reason(exc: BaseException, budget: Budget) -> StopReason:
@@ -144,30 +162,61 @@ def _refused(result: ExecResult) -> bool:
 
 
 class Loop:
-    """The REPL loop of one node: ask, run the code, feed the output back, until FINAL."""
+    """The REPL loop of one node: ask, run the code, feed the output back, until FINAL.
+
+    ``question`` is the node's question (its distinctive words guide the model after a
+    repeated block); ``window_tokens`` is its model's window, so the history is compacted
+    before it overflows (``None``: never compacted); ``answer_check`` refuses answers of
+    the wrong shape.
+    """
 
     def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
-                 config: LoopConfig, tracer: Tracer, prompt_profile: str = "default") -> None:
+                 config: LoopConfig, tracer: Tracer, prompt_profile: str = "default",
+                 answer_check: AnswerCheck | None = None, *, question: str | None = None,
+                 window_tokens: int | None = None) -> None:
         self.node = node
+        self.answer_check = answer_check
         self.budget = budget
         self.messages = messages
         self.config = config
         self.tracer = tracer
         self.prompt_profile = prompt_profile
+        self.question = question
+        self.window_tokens = window_tokens
         #: The model's last reply: the best answer there is when the run fails before FINAL.
         self.last_reply = ""
+        self.memory = BlockMemory()
+        #: What the model was shown, turn by turn (the evidence an answer may come from).
+        self.seen: list[Seen] = [Seen(0, m["content"]) for m in messages if m["role"] == "user"]
+        self._verified = False
+        self._shake = False
 
     def _request(self, purpose: str = "turn") -> CompletionRequest:
+        temperature = self.config.temperature
+        if self._shake:  # the last reply repeated itself: sample this one
+            temperature = max(temperature or 0.0, REPEAT_TEMPERATURE)
         return CompletionRequest(
             messages=list(self.messages), depth=self.node.depth,
-            temperature=self.config.temperature,
+            temperature=temperature,
             max_output_tokens=self.config.max_output_tokens,
             purpose=purpose, cache_key=self.node.run_id,
         )
 
+    def _note(self, kind: str, **data: Any) -> None:
+        self.tracer.emit("note", self.node, kind=kind, **data)
+
+    def _compact(self) -> None:
+        if self.window_tokens is None:
+            return
+        reserve = self.config.max_output_tokens or DEFAULT_REPLY_TOKENS
+        folded = compact(self.messages, self.window_tokens, reserve)
+        if folded:
+            self._note("compacted", turns=folded, estimated_tokens=estimate(self.messages))
+
     def steps(self) -> Generator[Step, Any, Outcome]:
         """The node's turns, as steps to perform (see the module docstring)."""
         answer: Answer | None = None
+        evidence: tuple[dict[str, Any], ...] = ()
         stop: StopReason = "final"
         last_prose = ""
         iterations = 0
@@ -179,35 +228,46 @@ class Loop:
                 break
             iterations += 1
             self.node.iteration = iterations
+            self._compact()
             try:
                 completion: Completion = yield CallLM(self._request())
             except (LimitExceeded, Cancelled) as exc:
                 stop = _reason(exc, self.budget)
                 break
+            self._shake = False
             reply = self.last_reply = completion.text
             self.messages.append({"role": "assistant", "content": reply})
             blocks = find_code_blocks(reply)
             last_prose = strip_code(reply, blocks).strip() or last_prose
             results: list[tuple[str, ExecResult]] = []
+            submitted: tuple[Answer, str | None] | None = None
             for block in blocks:
-                result: ExecResult = yield RunCode(block.code)
+                result = yield from self._run_block(block.code, len(results) + 1)
                 results.append((block.code, result))
-                self._trace_exec(block.code, result)
-                if result.error:
-                    self.budget.count_error()
                 if result.final is not None:
-                    answer = self._bounded(result.final)
+                    submitted = (result.final, block.code)
                     break
-            if answer is None:
-                answer = yield from self._final_outside_code(reply, results)
-            if answer is not None:
-                break
+            if submitted is None and blocks and find_final_line(reply) is not None:
+                # The model wrote FINAL before it saw what its code printed: not accepted.
+                self._note("final_with_code")
+                results.append(("", ExecResult(notes=(prompts.FINAL_WITH_CODE_NOTE,))))
+            elif submitted is None:
+                submitted = yield from self._final_outside_code(reply, results)
+            if submitted is not None:
+                refusal, found = self._review(*submitted, iteration=iterations)
+                if refusal is None:
+                    answer, evidence = self._bounded(submitted[0]), found
+                    break
+                results.append(("", ExecResult(notes=(refusal,))))
             feedback = prompts.turn_feedback(
                 results, iteration=iterations, max_output_chars=self.config.max_output_chars,
                 iterations_left=self.budget.remaining()["iterations_left"],
                 prompt_profile=self.prompt_profile,
             ) if results else prompts.NO_CODE_FEEDBACK
             self.messages.append({"role": "user", "content": feedback})
+            limit = prompts.output_limit(self.prompt_profile, self.config.max_output_chars)
+            self.seen.extend(Seen(iterations, prompts.shown_output(code, result, limit))
+                             for code, result in results if code)
             if self.budget.tripped is not None:
                 stop = self.budget.tripped.stop_reason
                 break
@@ -216,7 +276,52 @@ class Loop:
         if answer is None:
             return Outcome(last_prose, stop, iterations, None)
         return Outcome(answer.text, stop if answer.source == "extract" else "final",
-                       iterations, answer.source)
+                       iterations, answer.source, evidence)
+
+    def _run_block(self, code: str, number: int) -> Generator[Step, Any, ExecResult]:
+        """Run one block of the reply, unless it repeats a block that found nothing."""
+        earlier = self.memory.repeat_of(code)
+        if earlier is not None:  # a model error: a stuck model still meets max_errors
+            self.memory.repeats += 1
+            self.budget.count_error()
+            self._shake = True
+            words = question_words(self.question or "")
+            self._note("repeat", block=number, repeats=earlier, words=words)
+            probe = ExecResult()
+            if words:
+                probe = yield RunCode(probe_code(words))
+                self._trace_exec("# rlm: the question's words in context\n"
+                                 + probe_code(words), probe)
+            note = prompts.repeat_note(earlier, bool(words) and not probe.error)
+            return ExecResult(stdout="" if probe.error else probe.stdout, notes=(note,))
+        result: ExecResult = yield RunCode(code)
+        self._trace_exec(code, result)
+        if result.error:
+            self.budget.count_error()
+        self.memory.record(code, found_nothing(result.stdout, result.error))
+        return result
+
+    def _review(self, answer: Answer, code: str | None, *, iteration: int
+                ) -> tuple[str | None, tuple[dict[str, Any], ...]]:
+        """Whether to accept a submitted answer: ``(refusal, evidence)``; a refusal is fed
+        back to the model (a wrong shape, or one check of an answer it never saw)."""
+        answer_text = self._bounded(answer).text
+        if self.answer_check is not None:
+            problem = self.answer_check(answer_text)
+            if problem is not None:
+                self.budget.count_error()
+                self._note("answer_refused", reason="schema", message=problem)
+                return prompts.answer_refused(problem), ()
+        found = grounding(answer_text, self.seen, question=self.question or "", code=code,
+                          iteration=iteration)
+        verify = self.config.verify_answers
+        if verify is None:
+            verify = prompts.profile(self.prompt_profile).verify_answers
+        if found.grounded or self._verified or not verify:
+            return None, found.evidence
+        self._verified = True
+        self._note("answer_refused", reason="unseen", answer=answer_text[:200])
+        return prompts.verify_note(answer_text), ()
 
     def _bounded(self, answer: Answer) -> Answer:
         text = cap_answer(answer.text, self.config.max_answer_chars)
@@ -233,7 +338,7 @@ class Loop:
         self.tracer.emit("code_exec", self.node, **fields, **data)
 
     def _final_outside_code(self, reply: str, results: list[tuple[str, ExecResult]]
-                            ) -> Generator[Step, Any, Answer | None]:
+                            ) -> Generator[Step, Any, tuple[Answer, str | None] | None]:
         found = find_final_line(reply)
         if found is None:
             return None
@@ -242,7 +347,7 @@ class Loop:
         result: ExecResult = yield RunCode(code)
         self._trace_exec(code, result)
         if result.final is not None:
-            return self._bounded(Answer(result.final.text, "text"))
+            return self._bounded(Answer(result.final.text, "text")), code
         if kind == "FINAL_VAR" or _refused(result):
             # Fed back: no such variable, or an answer over max_answer_chars (which the
             # literal text would silently stand in for).
@@ -251,7 +356,7 @@ class Loop:
             results.append((code, result))
             return None
         # Not code (prose, a name never defined...), or code that failed: the text itself.
-        return self._bounded(Answer(inner.strip(), "text"))
+        return self._bounded(Answer(inner.strip(), "text")), None
 
     def _extract(self) -> Generator[Step, Any, Answer | None]:
         self.messages.append({"role": "user", "content": prompts.extract_prompt()})

@@ -5,20 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rlm.core.excerpts import keep_matches, search_terms
+from rlm.core.repeats import found_nothing
 from rlm.tools import Tool
 from rlm.trace.preview import head_and_tail
 from rlm.types import ExecResult
 
 __all__ = [
+    "FINAL_WITH_CODE_NOTE",
     "NO_CODE_FEEDBACK",
     "PROFILES",
     "PromptProfile",
+    "answer_refused",
     "extract_prompt",
     "first_user_message",
+    "output_limit",
     "profile",
+    "repeat_note",
+    "shown_output",
     "system_prompt",
     "truncate",
     "turn_feedback",
+    "verify_note",
 ]
 
 SYSTEM_PROMPT = """\
@@ -46,30 +54,60 @@ You answer a question about a long text. The text is in the Python variable `con
 nothing else. I run it and show you what it printed. When the printed output shows the \
 answer, reply with a block that calls FINAL(answer).
 
-Example.
+Example 1, find a fact: print the text around each match of a distinctive word.
 Question: What port does the Payments service use?
 ```python
 import re
-for line in context.split("\\n"):
-    if re.search(r"Payments", line, re.I) and re.search(r"port", line, re.I):
-        print(line)
+for m in list(re.finditer(r"payments", context, re.I))[:10]:
+    print(context[max(0, m.start() - 200):m.end() + 200])
 ```
-Output: 2024-03-01 payments service listening on port 8443
+Output: ...2024-03-01 payments service listening on port 8443...
 ```python
 FINAL("8443")
 ```
-
-Rules: search with distinctive words from the question; print only matching lines, never the \
-whole context; never assign to `context`.{small_sub_calls}
+{small_strategies}
+Rules: search with distinctive words from the question, one word per search; print only \
+the text around matches, never the whole context; never assign to `context`; never repeat \
+a search that found nothing.
 {tools}"""
+
+SMALL_STRATEGIES = """\
+Example 2, two steps (the X of the Y): find the first fact, take the name from the output \
+with code, then search for that name the same way.
+```python
+m = re.search(r"founder of Velmora Ltd is (\\w+ \\w+)", context)
+name = m.group(1)
+for m in re.finditer(re.escape(name), context):
+    print(context[max(0, m.start() - 200):m.end() + 200])
+```
+Example 3, a question about every record (how many, which ones, most common): let \
+`llm_query` label the records in chunks, then count in code.
+```python
+from collections import Counter
+from typing import Literal
+lines = context.split("\\n")
+chunks = ["\\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
+labels = llm_query_batched(["Label each line as one of: spam, ham.\\n" + c for c in chunks],
+                           schema=list[Literal["spam", "ham"]])
+counts = Counter(l for chunk in labels if isinstance(chunk, list) for l in chunk)
+print(counts)
+```
+`llm_query(text, schema=...)` asks a helper model about a text you pass to it (it sees \
+nothing else) and returns a value of that type.
+"""
 
 SUB_CALLS_HELP = """\
 - `llm_query(prompt) -> str`: ask a language model one question. It sees ONLY the \
 prompt you pass, so include the text it must read, e.g. \
 llm_query("Find the date in this text:\\n" + chunk).
 - `llm_query_batched(prompts) -> list[str]`: many llm_query calls run concurrently.
+- Both take `schema=` (a type such as int, list[str], Literal["a", "b"], or a JSON Schema \
+dict) and then return a parsed value of that type instead of text, e.g. \
+llm_query_batched(["Label each line as a or b:\\n" + c for c in chunks], \
+schema=list[Literal["a", "b"]]). A failed slot of a batch is a QueryFailed string.
 - `rlm_query(prompt, context) -> str` and `rlm_query_batched(prompts, contexts)`: like \
-llm_query, but the helper gets its own REPL for a large piece of context.
+llm_query (also with `schema=`), but the helper gets its own REPL for a large piece of \
+context.
 """
 NO_SUB_CALLS_HELP = "- No sub-model calls in this run: llm_query and rlm_query are disabled.\n"
 
@@ -98,8 +136,9 @@ class PromptProfile:
     """The wording used for one kind of model.
 
     ``default`` suits capable hosted models; ``small`` is for the embedded models of a few
-    billion parameters: a shorter prompt with a worked example, and short outputs (every
-    token of history costs prompt-processing time on a CPU).
+    billion parameters: a shorter prompt with worked examples, short outputs (every token
+    of history costs prompt-processing time on a CPU), and a check of answers the model
+    never saw (``verify_answers``).
     """
 
     name: str
@@ -107,6 +146,7 @@ class PromptProfile:
     continue_text: str
     max_output_chars: int | None = None
     miss_text: str | None = None
+    verify_answers: bool = False
 
 
 PROFILES = {
@@ -125,6 +165,7 @@ PROFILES = {
             "Write a new block that searches differently{left}: fewer keywords, each "
             "matched separately (one re.search per word, with re.I)."
         ),
+        verify_answers=True,
     ),
 }
 
@@ -155,8 +196,8 @@ def system_prompt(
         sub_calls=SUB_CALLS_HELP if sub_calls else NO_SUB_CALLS_HELP,
         chunk_rule=(f"; use llm_query on chunks of at most ~{chunk_chars:,} characters when "
                     "you must understand text") if sub_calls else "",
-        small_sub_calls=(" `llm_query(text)` asks a helper model about a text you pass to it "
-                         "(it sees nothing else).") if sub_calls else "",
+        small_strategies=SMALL_STRATEGIES if sub_calls else SMALL_STRATEGIES.split(
+            "Example 3")[0],
     )
 
 
@@ -166,8 +207,12 @@ def first_user_message(
     *,
     session_turn: int = 0,
     session_names: list[str] | None = None,
+    answer_format: str | None = None,
 ) -> str:
-    """The first user message of a node: the question (if any) and what `context` is."""
+    """The first user message of a node: the question (if any) and what `context` is.
+
+    ``answer_format`` says what shape the answer must have (``completion(schema=...)``).
+    """
     parts = []
     if session_turn:
         parts.append(SESSION_NOTE.format(turn=session_turn + 1,
@@ -178,6 +223,8 @@ def first_user_message(
     else:
         parts.append("The task is in `context`: read it with code, do what it asks, "
                      "and submit the result with FINAL.")
+    if answer_format:
+        parts.append(f"Answer format: {answer_format}")
     parts.append("Start by writing a ```repl block that looks at `context`.")
     return "\n\n".join(parts)
 
@@ -187,30 +234,77 @@ def truncate(text: str, limit: int) -> str:
     return head_and_tail(text, limit, "output truncated", "not shown")
 
 
-_NOTHING = {"", "0", "[]", "{}", "()", "None", "set()"}
+FINAL_WITH_CODE_NOTE = (
+    "Your reply also wrote FINAL(...) after its code. It was not accepted: you had not seen "
+    "what the code prints yet. If the output above confirms the answer, reply with a block "
+    "calling FINAL(answer)."
+)
+
+
+def repeat_note(earlier: int, probed: bool) -> str:
+    """Why a block was not run: it repeats block ``earlier`` of this node, which found nothing."""
+    text = (f"This block repeats one you already ran (block {earlier} of this conversation), "
+            "which found nothing, so it was not run again. Do something different.")
+    if probed:
+        text += (" Above: how often each word of the question occurs in `context`. Search "
+                 "for ONE word that occurs (the rarest first), alone, and print the text "
+                 "around each match: context[m.start()-300:m.end()+300].")
+    return text
+
+
+def verify_note(answer: str) -> str:
+    """The check asked for an answer the model never saw in any output and did not compute."""
+    shown = answer if len(answer) <= 200 else answer[:200] + "..."
+    return (f"Your answer {shown!r} does not appear in any output you were shown, and no "
+            "code computed it, so it was not accepted yet. Check it: search `context` for "
+            "it (or for the fact it comes from) and print what you find. If the output "
+            "confirms it, call FINAL again; otherwise keep searching.")
+
+
+def answer_refused(problem: str) -> str:
+    """An answer of the wrong shape (``completion(schema=...)``)."""
+    return f"Your answer was not accepted: {problem}. Call FINAL again with a valid answer."
+
+
+def output_limit(prompt_profile: str, max_output_chars: int) -> int:
+    """The characters of output fed back per block on ``prompt_profile``."""
+    chosen = profile(prompt_profile).max_output_chars
+    return max_output_chars if chosen is None else min(max_output_chars, chosen)
+
+
+def shown_output(code: str, result: ExecResult, limit: int) -> str:
+    """What the model is shown of one block's output (cut to about ``limit`` characters)."""
+    out = result.stdout
+    if result.stderr:
+        out += ("\n" if out else "") + f"[stderr]\n{result.stderr}"
+    if result.error:
+        out += ("\n" if out else "") + f"[error]\n{result.error}"
+    if not out:
+        return "(no output)"
+    return keep_matches(out, limit, search_terms(code))
 
 
 def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
                   max_output_chars: int, iterations_left: int | None = None,
                   prompt_profile: str = "default") -> str:
-    """The user message that reports what the reply's code blocks printed."""
+    """The user message that reports what the reply's code blocks printed.
+
+    An entry whose code is ``""`` is a note of the loop itself (a FINAL not accepted, an
+    answer to check): only its notes are shown.  Long output is cut around the matches of
+    the block's search terms (``rlm.core.excerpts``).
+    """
     chosen = profile(prompt_profile)
-    if chosen.max_output_chars is not None:
-        max_output_chars = min(max_output_chars, chosen.max_output_chars)
+    max_output_chars = output_limit(prompt_profile, max_output_chars)
+    ran = [(code, result) for code, result in results if code]
     parts = []
-    for number, (_code, result) in enumerate(results, 1):
-        out = result.stdout
-        if result.stderr:
-            out += ("\n" if out else "") + f"[stderr]\n{result.stderr}"
-        if result.error:
-            out += ("\n" if out else "") + f"[error]\n{result.error}"
-        out = truncate(out, max_output_chars) if out else "(no output)"
-        label = f"Output of block {number}" if len(results) > 1 else "Output"
+    for number, (code, result) in enumerate(ran, 1):
+        label = f"Output of block {number}" if len(ran) > 1 else "Output"
         notes = "".join(f"\n[note] {n}" for n in result.notes)
-        parts.append(f"{label}:\n{out}{notes}")
+        parts.append(f"{label}:\n{shown_output(code, result, max_output_chars)}{notes}")
+    parts.extend(f"[note] {n}" for code, result in results if not code for n in result.notes)
     left = "" if iterations_left is None else f" ({iterations_left} turns left)"
-    found_nothing = all(result.error or result.stdout.strip() in _NOTHING for _c, result in results)
-    text = chosen.miss_text if found_nothing and chosen.miss_text else chosen.continue_text
+    nothing = bool(ran) and all(found_nothing(r.stdout, r.error) for _c, r in ran)
+    text = chosen.miss_text if nothing and chosen.miss_text else chosen.continue_text
     parts.append(text.format(left=left))
     return "\n\n".join(parts)
 

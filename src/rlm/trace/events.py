@@ -14,6 +14,8 @@ EVENT_TYPES = (
     "code_exec",   # one code block ran: code, stdout, stderr, error, final
     "subcall_start",  # code started a batched llm_query / rlm_query
     "subcall_end",    # ... and got every slot back (count, failed, elapsed_s)
+    "note",        # the loop stepped in: kind = repeat, final_with_code, answer_refused,
+                   # compacted (with what it did)
     "final",       # the node's answer and stop reason
     "run_end",     # the node ends: elapsed_s, iterations, error (usage: rebuild the tree)
 )
