@@ -30,6 +30,11 @@ EXPECTED = {
         "answer_source: extract",
         "stop_reason:   timeout",
     ],
+    "structured_output.py": [
+        "output:      TicketCounts(bug=9, billing=6, other=5)",
+        "sub-calls:   5 (1 repair)",
+        'as JSON:     {"bug": 9, "billing": 6, "other": 5}',
+    ],
     "sessions.py": ["call 3: document B (270 vs 400 words; 2 earlier answers in history)"],
     "tools_and_tracing.py": [
         "response:    519.63 EUR (check: yes)",

@@ -14,6 +14,7 @@ from typing import Any, TypedDict, Unpack
 
 from rlm import registry
 from rlm.backends.base import LMBackend
+from rlm.bridge import schema as schemas
 from rlm.core.engine import Engine, Session
 from rlm.core.limits import Limits
 from rlm.core.loop import LoopConfig
@@ -63,6 +64,19 @@ def _pop_renamed(options: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(f"RLM({name}=...) is deprecated and will be removed in the next "
                       f"release; use {_RENAMED[name]}", DeprecationWarning, stacklevel=3)
     return renamed
+
+
+def _typed(result: RLMResult, spec: Any) -> RLMResult:
+    """``result`` with ``output`` in the Python form of ``spec`` (``Model.model_validate``
+    for a pydantic model); a value the spec's own checks refuse leaves ``output_error``."""
+    if spec is None or result.output_error is not None:
+        return result
+    try:
+        result.output = schemas.build(result.output, spec)
+    except Exception as exc:  # a pydantic validator, a dataclass __post_init__...
+        result.output, result.output_error = None, (f"the answer does not fit {spec!r}: "
+                                                    f"{type(exc).__name__}: {exc}")
+    return result
 
 
 def _environment_class(spec: EnvironmentSpec) -> Any:
@@ -258,43 +272,54 @@ class RLM:
 
     # -- public API -------------------------------------------------------------------------
     def completion(self, prompt: Any, context: Any = None, *,
-                   root_prompt: str | None = None) -> RLMResult:
+                   root_prompt: str | None = None, schema: Any = None) -> RLMResult:
         """Answer over an input of any size.
 
         ``completion(prompt)``: the prompt itself is the input (``context`` in the REPL).
         ``completion(question, context=data)``: the model is shown ``question``, and
         ``data`` (str, bytes, list, dict, or a ``pathlib.Path`` to a file or folder) goes
         into the REPL.  Always returns an ``RLMResult``.
+
+        ``schema`` asks for a structured answer: a pydantic model, a Python type
+        (``list[str]``, a ``TypedDict``, a dataclass...) or a JSON Schema dict.  The model
+        is told the format, an answer that does not match is refused (the model submits
+        again), and ``result.output`` is the parsed answer (``Model.model_validate(...)``
+        for a pydantic model), or ``None`` with ``result.output_error`` saying why.
         """
         question, data = self._split(prompt, context, root_prompt)
+        json_schema = None if schema is None else schemas.to_json_schema(schema)
         sink, path = self._sink()
         session = self._session_for_call()
         try:
             if session is not None:
                 with session.lock:
-                    return self.engine.run(question, data, sink=sink, session=session,
-                                           trace_path=path)
-            return self.engine.run(question, data, sink=sink, trace_path=path,
-                                   root_environment=self._env_instance)
+                    return _typed(self.engine.run(question, data, sink=sink, session=session,
+                                                  trace_path=path, schema=json_schema), schema)
+            return _typed(self.engine.run(question, data, sink=sink, trace_path=path,
+                                          root_environment=self._env_instance,
+                                          schema=json_schema), schema)
         finally:
             sink.close()
 
     async def acompletion(self, prompt: Any, context: Any = None, *,
-                          root_prompt: str | None = None) -> RLMResult:
+                          root_prompt: str | None = None, schema: Any = None) -> RLMResult:
         """The async twin of ``completion``."""
         question, data = self._split(prompt, context, root_prompt)
+        json_schema = None if schema is None else schemas.to_json_schema(schema)
         sink, path = self._sink()
         session = self._session_for_call()
         try:
             if session is not None:
                 await asyncio.to_thread(session.lock.acquire)
                 try:
-                    return await self.engine.arun(question, data, sink=sink, session=session,
-                                                  trace_path=path)
+                    return _typed(await self.engine.arun(
+                        question, data, sink=sink, session=session, trace_path=path,
+                        schema=json_schema), schema)
                 finally:
                     session.lock.release()
-            return await self.engine.arun(question, data, sink=sink, trace_path=path,
-                                          root_environment=self._env_instance)
+            return _typed(await self.engine.arun(question, data, sink=sink, trace_path=path,
+                                                 root_environment=self._env_instance,
+                                                 schema=json_schema), schema)
         finally:
             sink.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,9 @@ class RLMResult:
     run (``stop_reason`` says which).  ``usage`` and ``cost_usd`` cover the WHOLE call tree;
     ``trace`` is the tree of calls (``rlm.trace.TraceNode``).  ``output`` is the answer
     parsed and validated against ``completion(..., schema=...)`` (a pydantic model instance
-    or the parsed JSON; ``None`` without a schema).  ``evidence`` lists where the answer came
+    or the parsed JSON; ``None`` without a schema); when the final answer does not match
+    (the run stopped on a limit, say), ``output`` is ``None`` and ``output_error`` says
+    why.  ``evidence`` lists where the answer came
     from: the code outputs of the root node that contain it, or the block that computed it
     (``{"iteration", "kind", "excerpt"}``).
     """
@@ -36,6 +40,7 @@ class RLMResult:
     answer_source: str | None = None
     output: Any = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    output_error: str | None = None
 
     @property
     def input_tokens(self) -> int:
@@ -60,4 +65,20 @@ class RLMResult:
             "trace_path": self.trace_path,
             "answer_source": self.answer_source,
             "evidence": list(self.evidence),
+            "output": _jsonable(self.output),
+            "output_error": self.output_error,
         }
+
+
+def _jsonable(value: Any) -> Any:
+    """``output`` as JSON: a pydantic model dumped, a dataclass as a dict, a tuple as a list."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return value.value if isinstance(value, enum.Enum) else value

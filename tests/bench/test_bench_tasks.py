@@ -278,3 +278,9 @@ def test_codeqa_context_is_real_stdlib_source_and_answers_follow_from_ast():
         assert recompute_codeqa(instance.question, mods) == instance.answer
         kinds.add(instance.question.split("?")[0][-30:])
     assert len(kinds) >= 2
+
+
+def test_the_one_line_niah_is_the_same_needle_in_a_haystack_without_line_breaks():
+    flat = make_instance("niah-one-line", 2**13)
+    assert "\n" not in flat.context and len(flat.context) > 30_000
+    assert flat.answer in flat.context and flat.question.startswith("What is the special")

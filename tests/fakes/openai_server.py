@@ -10,9 +10,12 @@ Usage::
 
 API:
 
-- ``FakeOpenAIServer(reply=..., latency_s=..., usage=True, model="fake")``: ``reply`` is a
-  string or a function ``reply(body) -> str`` of the request JSON; it answers every request
-  that no enqueued response claims.  ``latency_s`` delays every answer.
+- ``FakeOpenAIServer(reply=..., latency_s=..., usage=True, model="fake",
+  refuse_response_format=False)``: ``reply`` is a string or a function ``reply(body) -> str``
+  of the request JSON (which holds ``response_format`` when the client sent one); it answers
+  every request that no enqueued response claims.  ``latency_s`` delays every answer.
+  ``refuse_response_format=True`` plays a server without structured output: a request with
+  a ``response_format`` gets HTTP 400 naming it (as vLLM or an old llama.cpp server do).
 - ``.url``: the base URL to give a backend (``http://127.0.0.1:PORT/v1``).
 - ``.enqueue(text=None, *, status=200, headers=None, body=None, delay_s=0.0, usage=True,
   drop=False, times=1)``: script the next answers, consumed first in first out.  ``text``
@@ -22,7 +25,8 @@ API:
   too: ``float("nan")`` and ``float("inf")`` go out as ``NaN`` and ``Infinity``) or a dict
   sent verbatim as the ``usage`` object (for fields such as ``cost``); ``drop=True`` closes
   the connection without answering.
-- ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body).
+- ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body);
+  ``.response_formats``: the ``response_format`` of each request (``None`` where absent).
 - ``.start()`` / ``.stop()`` or ``with``: ``stop`` interrupts pending delays, closes every
   open connection and joins the server threads.
 - ``python -m tests.fakes.openai_server REPLY...``: the server in a process of its own, for
@@ -106,8 +110,10 @@ class FakeOpenAIServer(LoopbackService):
     thread_name = "fake-openai-server"
 
     def __init__(self, reply: str | ReplyFunction = "ok", *, latency_s: float = 0.0,
-                 usage: Usage = True, model: str = "fake") -> None:
+                 usage: Usage = True, model: str = "fake",
+                 refuse_response_format: bool = False) -> None:
         super().__init__()
+        self.refuse_response_format = refuse_response_format
         self.reply = reply
         self.latency_s = latency_s
         self.usage = usage
@@ -144,6 +150,13 @@ class FakeOpenAIServer(LoopbackService):
         with self._lock:
             return len(self._queue)
 
+    @property
+    def response_formats(self) -> list[Any]:
+        """The ``response_format`` of every request received, ``None`` where it had none."""
+        with self._lock:
+            return [r.body.get("response_format") if isinstance(r.body, dict) else None
+                    for r in self.requests]
+
     def reset(self) -> None:
         """Forget recorded requests and enqueued answers."""
         with self._lock:
@@ -178,6 +191,10 @@ class FakeOpenAIServer(LoopbackService):
             self._send(handler, scripted.status, {"error": error}, scripted.headers)
         elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             self._send(handler, 400, {"error": {"message": "expected a JSON body"}}, {})
+        elif self.refuse_response_format and "response_format" in body:
+            error = {"message": "response_format of type json_schema is not supported",
+                     "type": "invalid_request_error", "param": "response_format"}
+            self._send(handler, 400, {"error": error}, {})
         else:
             text = scripted.text if scripted.text is not None else self._default_reply(body)
             self._send(handler, 200, self._completion(body, text, scripted.usage),

@@ -22,6 +22,8 @@ class LMBackend(ABC):
       shared ``Budget`` adds costs up.
     - It raises ``rlm.BackendError`` subclasses, never provider SDK exceptions.
     - ``acomplete`` is the async twin; the default runs ``complete`` in a worker thread.
+    - ``request.response_schema`` (a JSON Schema) is enforced where the model can be made
+      to (``enforces_schema``), passed on where a provider takes it, else ignored.
     - Whoever creates a backend closes it (``close()`` or ``with backend:``).
     """
 
@@ -30,6 +32,10 @@ class LMBackend(ABC):
     key_env_var: ClassVar[str | None] = None
     #: Which wording of the prompts suits this model (``rlm.core.prompts.PROFILES``).
     prompt_profile: ClassVar[str] = "default"
+    #: Whether a reply always matches ``request.response_schema`` (a grammar constrains the
+    #: decoding).  Either way the LM handler parses and validates every typed reply; a
+    #: backend that cannot enforce a schema simply ignores it.
+    enforces_schema: ClassVar[bool] = False
 
     model_name: str = "unknown"
 

@@ -163,7 +163,10 @@ class OpenAIBackend(LMBackend):
     ``max_retries`` times with exponential backoff (``Retry-After`` is honoured).  When the
     call tree stops (``request.cancel``: a cancel, ``max_timeout``), a request in flight or
     a retry's wait ends at once with ``Cancelled``, so the run ends with the tree's stop
-    reason instead of waiting for the provider.
+    reason instead of waiting for the provider.  A typed sub-call's ``response_schema`` goes
+    out as ``response_format`` (``json_schema``, not strict) while ``structured_output`` is
+    true; a server that answers HTTP 400 about it gets the request again without it, and
+    ``structured_output`` turns false for the calls after.
     """
 
     name = "openai"
@@ -182,6 +185,7 @@ class OpenAIBackend(LMBackend):
         price_per_mtok: tuple[float, float] | None = None,
         extra_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        structured_output: bool = True,
     ) -> None:
         if provider is not None and provider not in PRESETS:
             raise ConfigError(f"unknown provider {provider!r}; known: {', '.join(PRESETS)}")
@@ -212,6 +216,7 @@ class OpenAIBackend(LMBackend):
         known = (0.0, 0.0) if self.is_local else PRICES_PER_MTOK.get(_DATED.sub("", model))
         self.price_per_mtok = price_per_mtok or known
         self.extra_body = dict(extra_body or {})
+        self.structured_output = structured_output
         self._headers = {**({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
                          **(headers or {})}
         self._lock = threading.Lock()
@@ -272,7 +277,24 @@ class OpenAIBackend(LMBackend):
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = request.stop
+        if request.response_schema is not None and self.structured_output:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": request.response_schema, "strict": False}}
         return body
+
+    def _refuses_format(self, outcome: httpx.Response | BackendError,
+                        body: dict[str, Any]) -> bool:
+        """Whether ``outcome`` is the server refusing ``response_format``: it is then taken
+        out of ``body`` and left out of later requests."""
+        if not (isinstance(outcome, httpx.Response) and outcome.status_code == 400
+                and "response_format" in body):
+            return False
+        text = outcome.text.lower()
+        if "response_format" not in text and "json_schema" not in text:
+            return False
+        body.pop("response_format")
+        self.structured_output = False
+        return True
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text
@@ -343,8 +365,10 @@ class OpenAIBackend(LMBackend):
 
     # -- the two I/O paths ------------------------------------------------------------------
     def _settle(self, outcome: httpx.Response | BackendError, attempts: _Attempts,
-                request: CompletionRequest) -> Completion | float:
+                request: CompletionRequest, body: dict[str, Any]) -> Completion | float:
         """The ``Completion`` (or raise) when done, else the seconds to wait before retrying."""
+        if self._refuses_format(outcome, body):
+            return 0.0
         delay = attempts.delay(outcome)
         if delay is not None:
             return delay
@@ -395,7 +419,7 @@ class OpenAIBackend(LMBackend):
             outcome = self._attempt(client, body, attempts)
             if isinstance(outcome, BackendError) and attempts.stopped_by_tree(outcome):
                 raise attempts.cancelled_in_flight() from outcome
-            result = self._settle(outcome, attempts, request)
+            result = self._settle(outcome, attempts, request, body)
             if isinstance(result, Completion):
                 return result
             if attempts.cancel is None:
@@ -447,7 +471,7 @@ class OpenAIBackend(LMBackend):
             if isinstance(outcome, BackendError) and await self._astopped_by_tree(outcome,
                                                                                  attempts):
                 raise attempts.cancelled_in_flight() from outcome
-            result = self._settle(outcome, attempts, request)
+            result = self._settle(outcome, attempts, request, body)
             if isinstance(result, Completion):
                 return result
             end = time.monotonic() + result

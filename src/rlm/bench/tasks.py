@@ -24,7 +24,7 @@ from rlm.bench.scoring import score
 from rlm.bench.text import NameMaker, prose
 
 __all__ = ["TASKS", "Instance", "Task", "instance_id", "make_instance", "make_instances",
-           "niah"]
+           "niah", "niah_one_line"]
 
 CHARS_PER_TOKEN = 4
 
@@ -88,9 +88,17 @@ def niah(rng: random.Random, n_chars: int) -> Generated:
     return question, "\n\n".join(paragraphs), value, "exact"
 
 
+def niah_one_line(rng: random.Random, n_chars: int) -> Generated:
+    """S-NIAH on a document without line breaks: the same haystack and needle as ``niah``,
+    with every paragraph break replaced by a space (one line of ``n_chars`` characters)."""
+    question, context, answer, scorer = niah(rng, n_chars)
+    return question, " ".join(context.split("\n\n")), answer, scorer
+
+
 TASKS: dict[str, Task] = {
     task.name: task for task in (
         Task("niah", "S-NIAH", niah),
+        Task("niah-one-line", "S-NIAH, no line breaks", niah_one_line),
         Task("oolong", "OOLONG-style aggregation", oolong.aggregation),
         Task("oolong-pairs", "OOLONG-Pairs-style pairs", oolong.pairs),
         Task("multihop", "Multi-hop document QA", multihop.generate),

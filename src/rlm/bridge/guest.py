@@ -8,6 +8,9 @@ local environment, a socket or an HTTP broker elsewhere).  Requests are
 ``{"op": "llm_query" | "llm_query_batched" | "rlm_query" | "rlm_query_batched" | "budget",
 ...}``; replies carry ``text``, ``results`` (one ``{text}`` or ``{error}`` per slot),
 ``remaining``, or ``error: {type, message}`` (see ``rlm.core.handler.LMHandler.handle``).
+A typed call (``schema=``: a Python type or a JSON Schema, ``rlm.bridge.schema``) sends the
+JSON Schema as ``"schema"`` and gets ``value`` (or ``{value}`` per slot) instead of ``text``:
+the parsed JSON, turned into the spec's Python form here.
 
 Bounds, applied here so that nothing larger ever leaves the REPL: a final answer longer
 than ``max_answer_chars`` is refused (``FINAL``/``FINAL_VAR`` raise ``AnswerTooLong`` in the
@@ -30,13 +33,14 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 try:  # inside the package
-    from rlm.bridge import guards, protocol
+    from rlm.bridge import guards, protocol, schema
 except ImportError:  # shipped as plain files next to this one
     import guards  # type: ignore[no-redef]
     import protocol  # type: ignore[no-redef]
+    import schema  # type: ignore[no-redef]
 
 RESERVED_NAMES = (
     "context",
@@ -52,6 +56,7 @@ RESERVED_NAMES = (
     "LMQueryError",
     "LimitReached",
     "QueryFailed",
+    "Literal",  # for ``schema=list[Literal["a", "b"]]`` without an import
 )
 
 Call = Callable[[dict[str, Any]], dict[str, Any]]
@@ -105,10 +110,21 @@ def _disconnected(message: dict[str, Any]) -> dict[str, Any]:
     return protocol.error_reply("Cancelled", "the REPL is closed")
 
 
-def _slot(result: dict[str, Any]) -> str:
+def _value(reply: dict[str, Any], spec: Any) -> Any:
+    """A reply's text, or for a typed call its value in the Python form of ``spec``."""
+    return reply["text"] if spec is None else schema.build(reply["value"], spec)
+
+
+def _slot(result: dict[str, Any], spec: Any = None) -> Any:
     if "error" in result:
         return QueryFailed(result["error"].get("type", "Error"), result["error"].get("message", ""))
-    return result["text"]
+    return _value(result, spec)
+
+
+def _typed(message: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """``message`` with the JSON Schema of ``spec`` (a ``TypeError`` in the cell for a spec
+    that is none, before any request)."""
+    return message if spec is None else {**message, "schema": schema.to_json_schema(spec)}
 
 
 class _Shown(str):
@@ -259,28 +275,35 @@ class GuestRuntime:
         return reply
 
     def _make_helpers(self) -> dict[str, Any]:
-        def llm_query(prompt: str, model: str | None = None) -> str:
-            """Ask a language model one question; ``prompt`` must contain all it needs."""
-            return self._request({"op": "llm_query", "prompt": str(prompt), "model": model})["text"]
+        def llm_query(prompt: str, model: str | None = None, schema: Any = None) -> Any:
+            """Ask a language model one question; ``prompt`` must contain all it needs.
+            ``schema`` (``int``, ``list[str]``, ``Literal["a", "b"]``, a JSON Schema...):
+            return the reply parsed and checked as that type instead of text."""
+            return _value(self._request(_typed({"op": "llm_query", "prompt": str(prompt),
+                                                "model": model}, schema)), schema)
 
-        def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+        def llm_query_batched(prompts: list[str], model: str | None = None,
+                              schema: Any = None) -> list[Any]:
             """Ask many questions concurrently; answers come back in order."""
-            reply = self._request({"op": "llm_query_batched",
-                                   "prompts": [str(p) for p in prompts], "model": model})
-            return [_slot(r) for r in reply["results"]]
+            reply = self._request(_typed({"op": "llm_query_batched",
+                                          "prompts": [str(p) for p in prompts], "model": model},
+                                         schema))
+            return [_slot(r, schema) for r in reply["results"]]
 
-        def rlm_query(prompt: str, context: Any = None) -> str:
+        def rlm_query(prompt: str, context: Any = None, schema: Any = None) -> Any:
             """Run a child RLM (its own REPL) on ``context`` to answer ``prompt``."""
-            return self._request({"op": "rlm_query", "prompt": str(prompt),
-                                  "context": context})["text"]
+            return _value(self._request(_typed({"op": "rlm_query", "prompt": str(prompt),
+                                                "context": context}, schema)), schema)
 
-        def rlm_query_batched(prompts: list[str], contexts: list[Any] | None = None) -> list[str]:
+        def rlm_query_batched(prompts: list[str], contexts: list[Any] | None = None,
+                              schema: Any = None) -> list[Any]:
             """Run several child RLMs concurrently; answers come back in order."""
             if contexts is not None and len(contexts) != len(prompts):
                 raise ValueError("rlm_query_batched: prompts and contexts differ in length")
-            reply = self._request({"op": "rlm_query_batched", "prompts": [str(p) for p in prompts],
-                                   "contexts": contexts})
-            return [_slot(r) for r in reply["results"]]
+            reply = self._request(_typed({"op": "rlm_query_batched",
+                                          "prompts": [str(p) for p in prompts],
+                                          "contexts": contexts}, schema))
+            return [_slot(r, schema) for r in reply["results"]]
 
         def FINAL(answer: Any) -> None:
             """Submit ``answer`` as the final answer."""
@@ -338,6 +361,7 @@ class GuestRuntime:
             "LimitReached": LimitReached,
             "AnswerTooLong": AnswerTooLong,
             "QueryFailed": QueryFailed,
+            "Literal": Literal,
         }
 
     def _submit(self, text: str, source: str) -> None:

@@ -28,9 +28,10 @@ REPL opens with ``ready {pid, version}`` and answers ``ok``, ``result {stdout, s
 final, elapsed_s, notes}`` (``rlm.types.ExecResult`` checks it) or ``error {error}``.  The
 runner takes them as frames on its pipe, the Jupyter kernel of the ``ipython`` environment
 as frames in files, the HTTP broker as ``POST /<op>`` with the fields as the JSON body.
-The REPL's own LM requests (``{"op": "llm_query", ...}``, see ``guest.py``) travel on a
-socket, over HTTP, or on the control channel as ``lm_request {id, request}`` / ``lm_reply
-{id, reply}``.  A failure sent as data has one shape, ``{"error": {"type", "message"}}``
+The REPL's own LM requests (``{"op": "llm_query", ...}``, see ``guest.py``; a typed one
+carries ``schema``, a JSON Schema, and is answered with ``value`` instead of ``text``) travel
+on a socket, over HTTP, or on the control channel as ``lm_request {id, request}`` /
+``lm_reply {id, reply}``.  A failure sent as data has one shape, ``{"error": {"type", "message"}}``
 (``error_reply``), wherever it travels.
 
 The value of a ``set_var`` crosses as bytes in one of the formats of ``values.py``.

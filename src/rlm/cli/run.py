@@ -21,6 +21,7 @@ import click
 
 from rlm import config
 from rlm.api import RLM
+from rlm.bridge.schema import to_json_schema
 from rlm.cli.backend_flags import assembly_progress, backend_kwargs
 from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded, RLMError
@@ -50,6 +51,7 @@ class RunOptions:
     no_trace: bool = False
     verbose: bool = False
     script: Path | None = None
+    schema: Path | None = None
 
     def __post_init__(self) -> None:
         if self.trace is not None and self.no_trace:
@@ -71,6 +73,16 @@ def _context(spec: str | None) -> Any:
     if not path.exists():
         raise ConfigError(f"context file not found: {spec}")
     return path
+
+
+def _schema(path: Path | None) -> dict[str, Any] | None:
+    """The JSON Schema in the ``--schema`` file, checked (``ConfigError`` when it is not)."""
+    if path is None:
+        return None
+    try:
+        return to_json_schema(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"--schema {path}: {exc}") from exc
 
 
 def _sub_backend(options: RunOptions, backend: str) -> dict[str, Any] | None:
@@ -192,6 +204,8 @@ def _exit_code(stop_reason: str) -> int:
 @click.option("-v", "--verbose", is_flag=True, help="Draw the live call tree on stderr.")
 @click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="JSON list of replies for the scripted backend (offline runs).")
+@click.option("--schema", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="A JSON Schema file: the answer must match it; stdout gets it as JSON.")
 def run(question: str, context: str | None, as_json: bool, **options: Any) -> None:
     """Answer QUESTION, over the --context input when given.
 
@@ -226,20 +240,26 @@ def _announce(model: RLM, options: RunOptions) -> None:
 def answer_question(question: str, data: Any, options: RunOptions, *, as_json: bool = False
                     ) -> RLMResult:
     """Build the RLM from ``options``, answer ``question`` (over ``data`` unless ``None``),
-    print the answer on stdout and the summary on stderr."""
+    print the answer on stdout (with ``--schema``, the parsed answer as JSON when it
+    matches) and the summary on stderr."""
+    schema = _schema(options.schema)
     with _build(options) as model:
         _announce(model, options)
         with _cancel_on_sigint(model), _stdout_kept_for_the_answer():
             try:
-                result = (model.completion(question) if data is None
-                          else model.completion(question, context=data))
+                result = (model.completion(question, schema=schema) if data is None
+                          else model.completion(question, context=data, schema=schema))
             except SystemExit as exc:  # never leave with the status some code chose, silently
                 raise RLMError(f"the run was ended by SystemExit({exc.code!r}) instead of "
                                "finishing; this is a bug of rlm or of a plugin") from exc
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+    elif schema is not None and result.output_error is None:
+        click.echo(json.dumps(result.output, ensure_ascii=False))
     else:
         click.echo(result.response)
+    if result.output_error is not None:
+        click.echo(f"rlm: {result.output_error}", err=True)
     click.echo(_summary(result), err=True)
     if result.trace_path:
         click.echo(f"rlm: trace written to {result.trace_path}", err=True)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from rlm.bridge import schema as schemas
 from rlm.bridge.guest import SETTINGS_NAME
 from rlm.bridge.protocol import error_reply
 from rlm.context import describe_context, load_context
@@ -166,12 +167,14 @@ class Run:
 
     Built by ``Engine.open``; ``with run:`` (or ``async with``) drives nothing by itself:
     ``run.drive_sync(context)`` / ``await run.drive_async(context)`` run the root, and
-    leaving the block winds down (``_finish``) and sets ``run.result``.
+    leaving the block winds down (``_finish``) and sets ``run.result``.  ``schema``: the
+    JSON Schema the root's answer is told, checked against and parsed by (``output``).
     """
 
     def __init__(self, engine: Engine, sink: TraceSink, question: str | None, *,
                  session: Session | None, root_environment: Environment | None,
-                 trace_path: str | None) -> None:
+                 trace_path: str | None, schema: dict[str, Any] | None = None) -> None:
+        self.schema = schema
         self.router, self.limits = engine.router, engine.limits
         self.loop_config, self.tools = engine.loop, engine.tools
         self.environment_factory = engine.environment_factory
@@ -223,18 +226,19 @@ class Run:
 
     def _root_messages(self, context: Any) -> list[Message]:
         call = self._call_for(self.root) if self.session is None else self.session.dispatch
-        return self.open_node(self.root, self.question, context, self.env, call, self.session)
+        return self.open_node(self.root, self.question, context, self.env, call, self.session,
+                              self.schema)
 
     def drive_sync(self, context: Any) -> None:
         """Run the root node to its end (``self.outcome``)."""
         loop = self._root_loop = self.loop(self.root, self._root_messages(context),
-                                           self.question)
+                                           self.question, self.schema)
         self.outcome = self.run_sync(self.root, loop, self.env)
 
     async def drive_async(self, context: Any) -> None:
         """The async twin of ``drive_sync``: LM calls run on the event loop."""
         messages = await asyncio.to_thread(self._root_messages, context)
-        loop = self._root_loop = self.loop(self.root, messages, self.question)
+        loop = self._root_loop = self.loop(self.root, messages, self.question, self.schema)
         stepper = _Stepper(loop.steps())
         while (step := stepper.next()) is not None:
             with stepper.performing() as send:
@@ -295,12 +299,14 @@ class Run:
     def _result(self, outcome: Outcome) -> RLMResult:
         tree = next(r for r in build_tree(self.memory.events) if r.run_id == self.root.run_id)
         usage = self.budget.usage_snapshot()
+        output, output_error = schemas.output_of(outcome.response, self.schema)
         return RLMResult(
             response=outcome.response, stop_reason=outcome.stop_reason,
             cost_usd=sum(u.cost_usd for u in usage.values()), usage=usage,
             iterations=outcome.iterations, elapsed_s=time.monotonic() - self.started,
             trace=tree, run_id=self.root.run_id, trace_path=self.trace_path,
             answer_source=outcome.answer_source, evidence=list(outcome.evidence),
+            output=output, output_error=output_error,
         )
 
     # -- every node -------------------------------------------------------------------------
@@ -323,8 +329,8 @@ class Run:
                 or self.router.for_depth(node.depth).prompt_profile)
 
     def open_node(self, node: NodeRef, question: str | None, context: Any,
-                  env: Environment, call: HostCall, session: Session | None = None
-                  ) -> list[Message]:
+                  env: Environment, call: HostCall, session: Session | None = None,
+                  schema: dict[str, Any] | None = None) -> list[Message]:
         """Start ``env`` for ``node``, load ``context`` and return the first messages."""
         cfg = self.loop_config
         _env_call(env, "start", env.start, call, self.tools)
@@ -353,7 +359,8 @@ class Run:
                                        sub_calls=cfg.sub_calls)
         user = prompts.first_user_message(question, describe_context(value),
                                           session_turn=session.turn if session else 0,
-                                          session_names=names)
+                                          session_names=names, answer_format=None
+                                          if schema is None else schemas.describe(schema))
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def close_node(self, node: NodeRef, outcome: Outcome | None,
@@ -368,10 +375,13 @@ class Run:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
         self.tracer.emit("run_end", node, **data)
 
-    def loop(self, node: NodeRef, messages: list[Message], question: str | None) -> Loop:
+    def loop(self, node: NodeRef, messages: list[Message], question: str | None,
+             schema: dict[str, Any] | None = None) -> Loop:
         backend = self.router.for_depth(node.depth)
         return Loop(node, self.budget, messages, self.loop_config, self.tracer,
-                    prompt_profile=self.prompt_profile(node), question=question,
+                    prompt_profile=self.prompt_profile(node),
+                    answer_check=schemas.answer_check(schema),
+                    question=question,
                     window_tokens=getattr(backend, "context_window", None))
 
     def run_sync(self, node: NodeRef, loop: Loop, env: Environment) -> Outcome:
@@ -393,15 +403,17 @@ class Run:
         return _checked(env, _env_call(env, "execute", env.execute, code,
                                        timeout_s=self.block_time_s()))
 
-    def spawn_child(self, prompt: str, context: Any, parent: NodeRef) -> str:
+    def spawn_child(self, prompt: str, context: Any, parent: NodeRef,
+                    schema: dict[str, Any] | None = None) -> str:
         """Run a child RLM one level below ``parent`` (called by ``rlm_query``)."""
         node = NodeRef(_new_id(), parent.run_id, parent.depth + 1)
         env = self.environment_factory()
         started = time.monotonic()
         outcome = None
         try:
-            messages = self.open_node(node, prompt, context, env, self._call_for(node))
-            outcome = self.run_sync(node, self.loop(node, messages, prompt), env)
+            messages = self.open_node(node, prompt, context, env, self._call_for(node),
+                                      schema=schema)
+            outcome = self.run_sync(node, self.loop(node, messages, prompt, schema), env)
             return outcome.response
         except BaseException as exc:
             self.close_node(node, None, exc, started)
@@ -446,22 +458,23 @@ class Engine:
                 self._active.discard(run.budget)
 
     def open(self, question: str | None, *, sink: TraceSink, session: Session | None = None,
-             trace_path: str | None = None, root_environment: Environment | None = None
-             ) -> Run:
-        """A new ``Run`` of this engine (``session``: the persistent REPL to use)."""
+             trace_path: str | None = None, root_environment: Environment | None = None,
+             schema: dict[str, Any] | None = None) -> Run:
+        """A new ``Run`` (``session``: the persistent REPL to use; ``schema``: see ``Run``)."""
         return Run(self, sink, question, session=session, root_environment=root_environment,
-                   trace_path=trace_path)
+                   trace_path=trace_path, schema=schema)
 
     def run(self, question: str | None, context: Any, *, sink: TraceSink,
             session: Session | None = None, trace_path: str | None = None,
-            root_environment: Environment | None = None) -> RLMResult:
+            root_environment: Environment | None = None,
+            schema: dict[str, Any] | None = None) -> RLMResult:
         """Run one call tree to its end and return its result.
 
         Limits end the run with a matching ``stop_reason``; a failure of the backend or the
         environment raises, with the result so far in ``exc.partial``.
         """
         run = self.open(question, sink=sink, session=session, trace_path=trace_path,
-                        root_environment=root_environment)
+                        root_environment=root_environment, schema=schema)
         with self._tracked(run), run:
             run.drive_sync(context)
         assert run.result is not None
@@ -469,10 +482,11 @@ class Engine:
 
     async def arun(self, question: str | None, context: Any, *, sink: TraceSink,
                    session: Session | None = None, trace_path: str | None = None,
-                   root_environment: Environment | None = None) -> RLMResult:
+                   root_environment: Environment | None = None,
+                   schema: dict[str, Any] | None = None) -> RLMResult:
         """The async twin of ``run``; cancelling the task cancels the whole tree."""
         run = self.open(question, sink=sink, session=session, trace_path=trace_path,
-                        root_environment=root_environment)
+                        root_environment=root_environment, schema=schema)
         with self._tracked(run):
             async with run:
                 await run.drive_async(context)

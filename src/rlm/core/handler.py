@@ -7,7 +7,15 @@ call ``handle`` and send the reply back, so every environment shares this code.
 
 Text handed back to REPL code is bounded: an ``llm_query`` reply or an ``rlm_query``
 answer longer than ``max_answer_chars`` is cut to its head with a marker saying how much
-was dropped (``cap_answer``), per slot in the batched forms.  ``lm_call`` trace events keep
+was dropped (``cap_answer``), per slot in the batched forms.
+
+A typed request (``"schema"``: a JSON Schema, ``rlm.bridge.schema``) is answered with
+``value`` instead of ``text``: the backend gets the schema as ``response_schema`` (to
+enforce it where it can) and the prompt a line saying the format; every reply is parsed and
+validated here, a reply that does not match gets ONE repair call (the bad reply and what
+was wrong), and one that still does not match fails with a ``SchemaError``.  A typed
+``rlm_query`` tells the child the format (it checks its own answers) and checks the child's
+answer the same way, its repair being a plain LM call.  ``lm_call`` trace events keep
 a bounded preview of long prompts and responses (``rlm.trace.preview``).
 """
 
@@ -22,18 +30,22 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from rlm.backends.base import LMBackend
+from rlm.bridge import schema as schemas
 from rlm.bridge.protocol import error_body, error_reply
+from rlm.bridge.schema import SchemaError
 from rlm.core.limits import Budget
 from rlm.core.routing import ModelRouter
 from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
 from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
-from rlm.types import Completion, CompletionRequest, NodeRef
+from rlm.types import Completion, CompletionRequest, Message, NodeRef
 
 __all__ = ["LMHandler", "SpawnChild", "cap_answer"]
 
-SpawnChild = Callable[[str, Any, NodeRef], str]
-"""Runs a child RLM for ``rlm_query(prompt, context)`` from ``parent``; returns its answer."""
+SpawnChild = Callable[..., str]
+"""Runs a child RLM for ``rlm_query(prompt, context)`` from ``parent``, ``(prompt, context,
+parent)``, and ``schema`` (a JSON Schema) as a fourth argument for a typed one; returns its
+answer."""
 
 
 def _reraise(exc: BaseException, backend: LMBackend) -> NoReturn:
@@ -64,6 +76,14 @@ def cap_answer(text: str, limit: int | None) -> str:
             f"characters dropped (max_answer_chars={limit:,})]")
 
 
+def _has_pattern(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return "pattern" in schema or any(_has_pattern(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_pattern(v) for v in schema)
+    return False
+
+
 class LMHandler:
     """Runs LM calls for one call tree; thread-safe and shared by every node of the tree.
 
@@ -91,7 +111,7 @@ class LMHandler:
         self.sub_call_max_output_tokens = sub_call_max_output_tokens
         self.sub_calls = sub_calls
         self.max_answer_chars = max_answer_chars
-        self._in_flight: set[cf.Future[str]] = set()
+        self._in_flight: set[cf.Future[Any]] = set()
         self._in_flight_lock = threading.Lock()
 
     def drain(self, timeout_s: float) -> None:
@@ -180,18 +200,20 @@ class LMHandler:
             return error_reply("SubCallsDisabled",
                                "sub-model calls are disabled in this run (sub_calls=False)")
         try:
+            schema = self._schema(message)
+            key = "text" if schema is None else "value"
             if op == "llm_query":
-                return {"text": self._llm_query(message.get("prompt", ""),
-                                                message.get("model"), node)}
+                return {key: self._llm_query(message.get("prompt", ""), message.get("model"),
+                                             node, schema)}
             if op == "rlm_query":
-                return {"text": self._rlm_query(message.get("prompt", ""),
-                                                message.get("context"), node)}
+                return {key: self._rlm_query(message.get("prompt", ""),
+                                             message.get("context"), node, schema)}
             if op == "llm_query_batched":
                 prompts = list(message.get("prompts") or [])
                 model = message.get("model")
-                return {"results": self._batch(
-                    op, node, [(lambda p=p: self._llm_query(p, model, node)) for p in prompts]
-                )}
+                return {"results": self._batch(op, node, [
+                    (lambda p=p: self._llm_query(p, model, node, schema)) for p in prompts
+                ], key)}
             if op == "rlm_query_batched":
                 prompts = list(message.get("prompts") or [])
                 contexts = message.get("contexts")
@@ -199,9 +221,9 @@ class LMHandler:
                 if len(contexts) != len(prompts):
                     raise BridgeProtocolError("prompts and contexts differ in length")
                 return {"results": self._batch(op, node, [
-                    (lambda p=p, c=c: self._rlm_query(p, c, node))
+                    (lambda p=p, c=c: self._rlm_query(p, c, node, schema))
                     for p, c in zip(prompts, contexts, strict=True)
-                ])}
+                ], key)}
             if op == "budget":
                 return {"remaining": self.budget.remaining(node.depth)}
             raise BridgeProtocolError(f"unknown request op {op!r}")
@@ -214,31 +236,81 @@ class LMHandler:
             return self.budget.tripped
         return exc
 
-    def _llm_query(self, prompt: str, model: str | None, node: NodeRef) -> str:
-        backend = self.router.named(model) if model else None
-        request = CompletionRequest(
-            messages=[{"role": "user", "content": str(prompt)}],
-            depth=node.depth + 1,
-            max_output_tokens=self.sub_call_max_output_tokens,
-        )
-        text = self.complete(request, node, purpose="llm_query", backend=backend).text
-        return cap_answer(text, self.max_answer_chars)
+    @staticmethod
+    def _schema(message: dict[str, Any]) -> dict[str, Any] | None:
+        """The request's JSON Schema (checked: a REPL may send anything), if it has one."""
+        schema = message.get("schema")
+        if schema is None:
+            return None
+        if not isinstance(schema, dict):
+            raise BridgeProtocolError("a request's schema must be a JSON Schema object")
+        checked = schemas.to_json_schema(schema)
+        if _has_pattern(checked):
+            # A model-written regular expression would run on the host (and could take
+            # forever to match): patterns come only from the host's own schemas.
+            raise BridgeProtocolError("'pattern' is not supported in a sub-call's schema")
+        return checked
 
-    def _rlm_query(self, prompt: str, context: Any, node: NodeRef) -> str:
+    def _llm_query(self, prompt: str, model: str | None, node: NodeRef,
+                   schema: dict[str, Any] | None = None, purpose: str = "llm_query") -> Any:
+        backend = self.router.named(model) if model else None
+        text = str(prompt)
+        if schema is not None:
+            text += "\n\n" + schemas.format_instruction(schema)
+        messages: list[Message] = [{"role": "user", "content": text}]
+        reply = self._ask(messages, node, purpose, backend, schema)
+        if schema is None:
+            return cap_answer(reply, self.max_answer_chars)
+        return self._checked(messages, reply, schema, node, purpose, backend)
+
+    def _ask(self, messages: list[Message], node: NodeRef, purpose: str,
+             backend: LMBackend | None, schema: dict[str, Any] | None) -> str:
+        request = CompletionRequest(messages=messages, depth=node.depth + 1,
+                                    max_output_tokens=self.sub_call_max_output_tokens,
+                                    response_schema=schema)
+        return self.complete(request, node, purpose=purpose, backend=backend).text
+
+    def _checked(self, messages: list[Message], reply: str, schema: dict[str, Any],
+                 node: NodeRef, purpose: str, backend: LMBackend | None) -> Any:
+        """The value of ``reply`` under ``schema``, after one repair call if needed."""
+        try:
+            return self._value(reply, schema)
+        except SchemaError as error:
+            repair: list[Message] = [*messages, {"role": "assistant", "content": reply},
+                                     {"role": "user",
+                                      "content": schemas.repair_prompt(error, schema)}]
+        again = self._ask(repair, node, f"{purpose}_repair", backend, schema)
+        try:
+            return self._value(again, schema)
+        except SchemaError as exc:
+            raise SchemaError(f"the reply does not match the schema, even after a repair "
+                              f"call: {exc}") from None
+
+    def _value(self, reply: str, schema: dict[str, Any]) -> Any:
+        limit = self.max_answer_chars
+        if limit is not None and len(reply) > limit:
+            raise SchemaError(f"the reply has {len(reply):,} characters, more than "
+                              f"max_answer_chars={limit:,}")
+        return schemas.parse_reply(reply, schema)
+
+    def _rlm_query(self, prompt: str, context: Any, node: NodeRef,
+                   schema: dict[str, Any] | None = None) -> Any:
         if self.spawn_child is not None and node.depth + 1 < self.budget.limits.max_depth:
             self.budget.check()
-            return cap_answer(self.spawn_child(prompt, context, node), self.max_answer_chars)
+            if schema is None:
+                return cap_answer(self.spawn_child(prompt, context, node), self.max_answer_chars)
+            answer = self.spawn_child(prompt, context, node, schema)
+            messages: list[Message] = [
+                {"role": "user", "content": f"{prompt}\n\n{schemas.format_instruction(schema)}"}]
+            return self._checked(messages, answer, schema, node, "rlm_query", None)
         # At max depth a child RLM is not allowed: answer with one plain LM call.
         text = prompt if context is None else f"{prompt}\n\n--- context ---\n{context}"
-        request = CompletionRequest(messages=[{"role": "user", "content": text}],
-                                    depth=node.depth + 1,
-                                    max_output_tokens=self.sub_call_max_output_tokens)
-        text = self.complete(request, node, purpose="rlm_query_fallback").text
-        return cap_answer(text, self.max_answer_chars)
+        return self._llm_query(text, None, node, schema, purpose="rlm_query_fallback")
 
-    def _batch(self, op: str, node: NodeRef, jobs: list[Callable[[], str]]
+    def _batch(self, op: str, node: NodeRef, jobs: list[Callable[[], Any]], key: str = "text"
                ) -> list[dict[str, Any]]:
-        """Run ``jobs`` concurrently, in order; one failure never fails the other slots.
+        """Run ``jobs`` concurrently, in order; one failure never fails the other slots
+        (each result goes under ``key``: ``text``, or ``value`` for a typed batch).
 
         When the tree stops (a limit or a cancel), slots not finished get the reason as
         their error and the batch returns at once instead of waiting for them.
@@ -263,7 +335,7 @@ class LMHandler:
                     done, pending = cf.wait(pending, timeout=0.05,
                                             return_when=cf.FIRST_COMPLETED)
                     for future in done:
-                        results[futures[future]] = self._slot(future)
+                        results[futures[future]] = self._slot(future, key)
                     if pending and self.budget.cancel_event.is_set():
                         break
             finally:
@@ -276,13 +348,13 @@ class LMHandler:
                          elapsed_s=time.monotonic() - started)
         return [r or error_reply(Cancelled("not run")) for r in results]
 
-    def _forget(self, future: cf.Future[str]) -> None:
+    def _forget(self, future: cf.Future[Any]) -> None:
         with self._in_flight_lock:
             self._in_flight.discard(future)
 
-    def _slot(self, future: cf.Future[str]) -> dict[str, Any]:
+    def _slot(self, future: cf.Future[Any], key: str) -> dict[str, Any]:
         try:
-            return {"text": future.result()}
+            return {key: future.result()}
         except (RLMError, LimitExceeded, ValueError, TypeError) as exc:
             return error_reply(self._limit_reason(exc))
         except Exception as exc:

@@ -262,7 +262,7 @@ class Loop:
             feedback = prompts.turn_feedback(
                 results, iteration=iterations, max_output_chars=self.config.max_output_chars,
                 iterations_left=self.budget.remaining()["iterations_left"],
-                prompt_profile=self.prompt_profile,
+                prompt_profile=self.prompt_profile, question=self.question,
             ) if results else prompts.NO_CODE_FEEDBACK
             self.messages.append({"role": "user", "content": feedback})
             limit = prompts.output_limit(self.prompt_profile, self.config.max_output_chars)

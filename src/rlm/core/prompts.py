@@ -72,14 +72,24 @@ a search that found nothing.
 {tools}"""
 
 SMALL_STRATEGIES = """\
-Example 2, two steps (the X of the Y): find the first fact, take the name from the output \
-with code, then search for that name the same way.
+Example 2, a question in two steps (the city of the company that built X): find X, read \
+in the output the name the question needs, then search for that name.
+Question: In which city is the company that built the Orla Bridge based?
 ```python
-m = re.search(r"founder of Velmora Ltd is (\\w+ \\w+)", context)
-name = m.group(1)
-for m in re.finditer(re.escape(name), context):
+for m in list(re.finditer(r"Orla Bridge", context, re.I))[:10]:
     print(context[max(0, m.start() - 200):m.end() + 200])
 ```
+Output: ...The Orla Bridge was built by Voss Works in 1950...
+```python
+for m in list(re.finditer(r"Voss Works", context, re.I))[:10]:
+    print(context[max(0, m.start() - 200):m.end() + 200])
+```
+Output: ...Voss Works is a company based in Tarn...
+```python
+FINAL("Tarn")
+```
+To find which file or document holds a match, print the header line before it: \
+context.rfind("Title:", 0, m.start()).
 Example 3, a question about every record (how many, which ones, most common): let \
 `llm_query` label the records in chunks, then count in code.
 ```python
@@ -156,12 +166,14 @@ PROFILES = {
     ),
     "small": PromptProfile(
         "small", SMALL_SYSTEM_PROMPT,
-        "If this output shows the answer, reply with a block calling FINAL(answer). "
-        "Otherwise write a new block that searches differently{left}.",
+        "{question}If this output answers the question, reply with a block calling "
+        "FINAL(answer). If it shows only a step towards the answer (a name you must look up "
+        "next), search for that name. Otherwise write a new block that searches "
+        "differently{left}.",
         max_output_chars=2_000,
         miss_text=(
-            "That block found nothing (no line, an empty result or an error), so you do not "
-            "know the answer yet: do not call FINAL. "
+            "{question}That block found nothing (no line, an empty result or an error), so "
+            "you do not know the answer yet: do not call FINAL. "
             "Write a new block that searches differently{left}: fewer keywords, each "
             "matched separately (one re.search per word, with re.I)."
         ),
@@ -286,8 +298,11 @@ def shown_output(code: str, result: ExecResult, limit: int) -> str:
 
 def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
                   max_output_chars: int, iterations_left: int | None = None,
-                  prompt_profile: str = "default") -> str:
+                  prompt_profile: str = "default", question: str | None = None) -> str:
     """The user message that reports what the reply's code blocks printed.
+
+    The small profile repeats ``question`` after the output, so a small model keeps it in
+    view (and does not answer with a step towards it).
 
     An entry whose code is ``""`` is a note of the loop itself (a FINAL not accepted, an
     answer to check): only its notes are shown.  Long output is cut around the matches of
@@ -305,7 +320,8 @@ def turn_feedback(results: list[tuple[str, ExecResult]], *, iteration: int,
     left = "" if iterations_left is None else f" ({iterations_left} turns left)"
     nothing = bool(ran) and all(found_nothing(r.stdout, r.error) for _c, r in ran)
     text = chosen.miss_text if nothing and chosen.miss_text else chosen.continue_text
-    parts.append(text.format(left=left))
+    restated = f"Question: {question}\n" if question and "{question}" in text else ""
+    parts.append(text.format(left=left, question=restated))
     return "\n\n".join(parts)
 
 

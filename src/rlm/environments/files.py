@@ -26,7 +26,8 @@ __all__ = ["RUNNER_FILES", "encode_variable", "free_uid", "make_dir", "ship_runn
            "write_file", "write_value"]
 
 #: The guest runtime: standard-library files shipped into every REPL process.
-RUNNER_FILES = ("guest.py", "guards.py", "protocol.py", "values.py", "runner.py", "broker.py")
+RUNNER_FILES = ("guest.py", "guards.py", "protocol.py", "schema.py", "validation.py",
+                "values.py", "runner.py", "broker.py")
 _SUFFIXES = {"text": ".txt", "bytes": ".bin", "json": ".json"}
 #: (first, count): uids that no account, container range or systemd convention uses.
 _FREE_UIDS = (0x70000000, 0x0FFE0000)

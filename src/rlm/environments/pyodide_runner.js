@@ -17,7 +17,8 @@
 const [pyodideDir, mode, ...rest] = Deno.args;
 const IMPORT = 'import sys; sys.path.insert(0, "/rlm"); import runner';
 // What runner.py imports, itself included (rlm.environments.files.RUNNER_FILES less the broker).
-const GUEST_FILES = ["guest.py", "guards.py", "protocol.py", "values.py", "runner.py"];
+const GUEST_FILES = ["guest.py", "guards.py", "protocol.py", "schema.py", "validation.py",
+                     "values.py", "runner.py"];
 const GLUE = `
 import _rlm_host, protocol, runner
 from pyodide.ffi import to_js
