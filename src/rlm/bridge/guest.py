@@ -46,6 +46,7 @@ RESERVED_NAMES = (
     "context",
     "llm_query",
     "llm_query_batched",
+    "llm_map",
     "rlm_query",
     "rlm_query_batched",
     "FINAL",
@@ -119,6 +120,9 @@ def _slot(result: dict[str, Any], spec: Any = None) -> Any:
     if "error" in result:
         return QueryFailed(result["error"].get("type", "Error"), result["error"].get("message", ""))
     return _value(result, spec)
+
+
+_schema = schema  # the module, under a name the helpers' ``schema`` arguments do not hide
 
 
 def _typed(message: dict[str, Any], spec: Any) -> dict[str, Any]:
@@ -290,6 +294,14 @@ class GuestRuntime:
                                          schema))
             return [_slot(r, schema) for r in reply["results"]]
 
+        def llm_map(instruction: str, items: list[Any], schema: Any = None, per_call: int = 20,
+                    model: str | None = None) -> list[Any]:
+            """Apply ``instruction`` to every item in few calls: ``per_call`` items per
+            call, each call answering a list of ``schema`` values; one value per item, in
+            order (``QueryFailed`` for the items of a call that failed)."""
+            return _schema.run_map(self._request, _slot, str(instruction), list(items), schema,
+                                   per_call, model)
+
         def rlm_query(prompt: str, context: Any = None, schema: Any = None) -> Any:
             """Run a child RLM (its own REPL) on ``context`` to answer ``prompt``."""
             return _value(self._request(_typed({"op": "rlm_query", "prompt": str(prompt),
@@ -351,6 +363,7 @@ class GuestRuntime:
         return {
             "llm_query": llm_query,
             "llm_query_batched": llm_query_batched,
+            "llm_map": llm_map,
             "rlm_query": rlm_query,
             "rlm_query_batched": rlm_query_batched,
             "FINAL": FINAL,

@@ -38,9 +38,22 @@ ANNOTATIONS, SUPPORTED, validate = validation.ANNOTATIONS, validation.SUPPORTED,
 check, is_kind, resolve, show = validation.check, validation.is_kind, validation.resolve, \
     validation.show
 
-__all__ = ["SUPPORTED", "SchemaError", "answer_check", "answer_problem", "build", "describe",
-           "format_instruction", "output_of", "parse_reply", "repair_prompt", "to_json_schema",
-           "validate"]
+__all__ = [
+    "SUPPORTED",
+    "SchemaError",
+    "answer_check",
+    "answer_problem",
+    "build",
+    "describe",
+    "format_instruction",
+    "map_requests",
+    "output_of",
+    "parse_reply",
+    "repair_prompt",
+    "run_map",
+    "to_json_schema",
+    "validate",
+]
 
 _MAX_CANDIDATES = 200
 _SCHEMA_IN_PROMPT = 4000
@@ -288,7 +301,9 @@ def _describe_array(schema: dict[str, Any], root: dict[str, Any], depth: int) ->
         text += f" of {_NOUNS[plain][1]}"
     elif _describe(items, root, depth + 1) != "any JSON value":
         text += f", each item {_describe(items, root, depth + 1)}"
-    if "minItems" in schema or "maxItems" in schema:
+    if "minItems" in schema and schema.get("minItems") == schema.get("maxItems"):
+        text += f" (exactly {schema['minItems']} items)"
+    elif "minItems" in schema or "maxItems" in schema:
         text += f" ({schema.get('minItems', 0)} to {schema.get('maxItems', 'any')} items)"
     return text
 
@@ -395,3 +410,45 @@ def build(value: Any, spec: Any) -> Any:
         fields = {k: build(v, hints.get(k, Any)) for k, v in value.items()}
         return spec(**fields) if dataclasses.is_dataclass(spec) else fields
     return value
+
+
+# -- many items per call ------------------------------------------------------------------------
+def map_requests(instruction: str, items: list[Any], spec: Any, per_call: int
+                 ) -> tuple[list[str], list[dict[str, Any]]]:
+    """The prompts and schemas of ``llm_map``: ``per_call`` numbered items per prompt, each
+    answered by a JSON list of exactly that many values of ``spec``.  The prompts of one
+    map share their start (the instruction), so a backend can reuse its cache."""
+    if isinstance(per_call, bool) or not isinstance(per_call, int) or per_call < 1:
+        raise ValueError(f"llm_map: per_call must be a positive int, got {per_call!r}")
+    item = to_json_schema(str if spec is None else spec)
+    prompts, shapes = [], []
+    for start in range(0, len(items), per_call):
+        chunk = items[start:start + per_call]
+        numbered = "\n".join(f"{n}. {text}" for n, text in enumerate(chunk, 1))
+        prompts.append(f"{instruction}\n\nAnswer for each of the {len(chunk)} items below, in "
+                       f"order, with a JSON list of {len(chunk)} values.\n\n{numbered}")
+        shapes.append({"type": "array", "items": item, "minItems": len(chunk),
+                       "maxItems": len(chunk)})
+    return prompts, shapes
+
+
+def run_map(request: Callable[[dict[str, Any]], dict[str, Any]],
+            failed: Callable[[dict[str, Any]], Any], instruction: str, items: list[Any],
+            spec: Any, per_call: int, model: str | None) -> list[Any]:
+    """``llm_map`` in the REPL: one batched request per chunk size (each with its own
+    exact-length schema); ``failed(result)`` stands for each item of a failed call."""
+    prompts, shapes = map_requests(instruction, [str(i) for i in items], spec, per_call)
+    replies: list[dict[str, Any]] = [{}] * len(prompts)
+    for size in sorted({shape["minItems"] for shape in shapes}):
+        chosen = [i for i, shape in enumerate(shapes) if shape["minItems"] == size]
+        reply = request({"op": "llm_query_batched", "prompts": [prompts[i] for i in chosen],
+                         "model": model, "schema": shapes[chosen[0]]})
+        for index, result in zip(chosen, reply["results"], strict=True):
+            replies[index] = result
+    values: list[Any] = []
+    for shape, result in zip(shapes, replies, strict=True):
+        if "error" in result:
+            values.extend([failed(result)] * shape["minItems"])
+        else:
+            values.extend(build(v, str if spec is None else spec) for v in result["value"])
+    return values

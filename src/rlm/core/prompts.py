@@ -90,20 +90,16 @@ FINAL("Tarn")
 ```
 To find which file or document holds a match, print the header line before it: \
 context.rfind("Title:", 0, m.start()).
-Example 3, a question about every record (how many, which ones, most common): let \
-`llm_query` label the records in chunks, then count in code.
+Example 3, a question about every record (how many, which ones, most common): label \
+the records with `llm_map`, then count in code.
 ```python
-from collections import Counter
-from typing import Literal
-lines = context.split("\\n")
-chunks = ["\\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
-labels = llm_query_batched(["Label each line as one of: spam, ham.\\n" + c for c in chunks],
-                           schema=list[Literal["spam", "ham"]])
-counts = Counter(l for chunk in labels if isinstance(chunk, list) for l in chunk)
-print(counts)
+lines = [line for line in context.split("\\n") if line.strip()]
+labels = llm_map("Label each record as spam or ham.", lines, schema=Literal["spam", "ham"])
+print(sum(1 for label in labels if label == "spam"))
 ```
-`llm_query(text, schema=...)` asks a helper model about a text you pass to it (it sees \
-nothing else) and returns a value of that type.
+`llm_map(instruction, items, schema=...)` asks a helper model about each item (it sees only \
+the instruction and the items) and returns one value per item; `llm_query(text)` asks it \
+about any text you pass.
 """
 
 SUB_CALLS_HELP = """\
@@ -115,6 +111,8 @@ llm_query("Find the date in this text:\\n" + chunk).
 dict) and then return a parsed value of that type instead of text, e.g. \
 llm_query_batched(["Label each line as a or b:\\n" + c for c in chunks], \
 schema=list[Literal["a", "b"]]). A failed slot of a batch is a QueryFailed string.
+- `llm_map(instruction, items, schema=None, per_call=20) -> list`: `instruction` applied to \
+every item, `per_call` items per call; one value per item, in order (labelling records).
 - `rlm_query(prompt, context) -> str` and `rlm_query_batched(prompts, contexts)`: like \
 llm_query (also with `schema=`), but the helper gets its own REPL for a large piece of \
 context.
