@@ -1,58 +1,60 @@
 """The embedded local model: a GGUF run in-process by llama.cpp (``llama-cpp-python``).
 
 No API key and no network: the weights come from registry packages (see
-``rlm.backends.local_models``).  Calls are serialised (on a small CPU, two generations at
-once are no faster than one after the other), but each conversation keeps its own llama.cpp
-context ("lane"), so a node's next turn only processes its new tokens even when sub-calls
-ran in between.
+``rlm.backends.local_models``).  The weights are loaded once per backend; every
+conversation ("lane") and the one-shot batch get their own KV cache over them (see
+``rlm.backends.local_runtime``), and one engine thread decodes for all calls at once
+(``rlm.backends.local_engine``): concurrent one-shot sub-calls (``llm_query_batched``)
+advance together, one pass over the weights per token for all of them, and a node's next
+turn only processes its new tokens even when sub-calls ran in between.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
+import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rlm.backends.base import LMBackend
+from rlm.backends.local_engine import Engine, Job
 from rlm.backends.local_models import DEFAULT_MODEL, MODELS, AssemblyProgress, ensure_model
-from rlm.errors import BackendError, Cancelled, ConfigError, MissingDependencyError
+from rlm.backends.local_runtime import Generation, Runtime, without_weight_repacking
+from rlm.errors import BackendError, Cancelled, ConfigError
 from rlm.types import Completion, CompletionRequest
 
 __all__ = ["LocalBackend", "without_weight_repacking"]
 
 #: Turns start inside a code fence: the model writes code, never a prose guess.
 CODE_PREFIX = "```python\n"
-
-
-def _import_llama() -> Any:
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "the local backend needs llama-cpp-python: pip install 'rlm[local]'"
-        ) from exc
-    return llama_cpp
+#: Compiled grammars kept per JSON Schema (the handler sends the same schema many times).
+_SCHEMA_CACHE_SIZE = 64
+_log = logging.getLogger(__name__)
 
 
 class LocalBackend(LMBackend):
     """An embedded GGUF model run by llama.cpp in this process.
 
     ``model`` is a name from ``rlm.backends.local_models.MODELS`` or a path to a ``.gguf``
-    file.  ``n_ctx`` is the window in tokens (a smaller window is faster); ``lanes`` is how
-    many conversations keep their prefix cached at once (each costs a KV cache, the
-    weights are shared through mmap).  Turn requests are started with a ```python fence
-    (``force_code``) so small models always answer with code.  ``progress`` is passed to
-    ``ensure_model`` when a named model is assembled on first use (nothing is printed
-    without it).
+    file.  ``n_ctx`` is the window in tokens (a smaller window is faster).  ``lanes`` is
+    how many conversations keep their prefix cached at once (a KV cache of ``n_ctx``
+    tokens each, over the one copy of the weights; one-shot calls too long for the batch
+    use one of them).  ``parallel`` one-shot calls are decoded together, each in a KV
+    stream of ``batch_window`` tokens (prompt and reply; ``parallel=1`` runs every call
+    after the other, in a lane).  Turn requests are started with a ```python fence
+    (``force_code``) so small models always answer with code; a request with a
+    ``response_schema`` is constrained to it by a grammar instead.  ``progress`` is
+    passed to ``ensure_model`` when a named model is assembled on first use (nothing is
+    printed without it).
     """
 
     name = "local"
     prompt_profile = "small"
+    enforces_schema = True
 
     def __init__(
         self,
@@ -61,6 +63,8 @@ class LocalBackend(LMBackend):
         n_ctx: int = 8192,
         n_threads: int | None = None,
         lanes: int = 2,
+        parallel: int = 8,
+        batch_window: int = 2048,
         max_output_tokens: int = 512,
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
@@ -84,6 +88,8 @@ class LocalBackend(LMBackend):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 2
         self.lanes = max(1, lanes)
+        self.parallel = max(1, parallel)
+        self.batch_window = max(256, min(batch_window, n_ctx))
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
@@ -91,9 +97,10 @@ class LocalBackend(LMBackend):
         self.seed = seed
         self.verbose = verbose
         self._progress = progress
-        self._lock = threading.Lock()  # one generation at a time
-        self._contexts: OrderedDict[str, Any] = OrderedDict()
-        self._formatter: Any = None
+        self._lock = threading.Lock()  # guards loading and closing
+        self._runtime: Runtime | None = None
+        self._engine: Engine | None = None
+        self._schemas: OrderedDict[str, str | None] = OrderedDict()
         self.load_s: float | None = None
 
     # -- loading ----------------------------------------------------------------------------
@@ -103,163 +110,102 @@ class LocalBackend(LMBackend):
             self._path = ensure_model(self._model, progress=self._progress)
         return self._path
 
-    def _new_context(self) -> Any:
-        llama_cpp = _import_llama()
-        started = time.perf_counter()
-        with without_weight_repacking(llama_cpp):
-            llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx,
-                                  n_threads=self.n_threads, n_batch=512, seed=self.seed,
-                                  verbose=self.verbose)
-        if self.load_s is None:
-            self.load_s = time.perf_counter() - started
-        if self._formatter is None:
-            self._formatter = self._make_formatter(llm, llama_cpp)
-        return llm
-
-    @staticmethod
-    def _make_formatter(llm: Any, llama_cpp: Any) -> Any:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise BackendError("the GGUF file has no chat template")
-        eos = llm._model.token_get_text(llm.token_eos())
-        bos = llm._model.token_get_text(llm.token_bos())
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-
-    def _lane(self, key: str | None) -> Any:
-        """The llama.cpp context for conversation ``key`` (one-shot calls share one lane)."""
-        key = key or "_oneshot"
-        if key in self._contexts:
-            self._contexts.move_to_end(key)
-            return self._contexts[key]
-        if len(self._contexts) >= self.lanes:
-            # Reuse the least recently used context: its cache is simply overwritten.
-            _, llm = self._contexts.popitem(last=False)
-        else:
-            llm = self._new_context()
-        self._contexts[key] = llm
-        return llm
+    def _loaded(self) -> tuple[Runtime, Engine]:
+        with self._lock:
+            if self._runtime is None or self._engine is None:
+                started = time.perf_counter()
+                runtime = Runtime(self.path, verbose=self.verbose)
+                if self.load_s is None:
+                    self.load_s = time.perf_counter() - started
+                self._runtime = runtime
+                self._engine = Engine(runtime, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                      lanes=self.lanes, parallel=self.parallel,
+                                      batch_window=self.batch_window)
+            return self._runtime, self._engine
 
     def warm_up(self) -> None:
         """Assemble and load the model now rather than at the first call."""
-        with self._lock:
-            self._lane(None)
+        _, engine = self._loaded()
+        engine.prepare()
 
     # -- completions ------------------------------------------------------------------------
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        with self._lock:
-            if request.cancel is not None and request.cancel.is_set():
-                raise Cancelled("the call tree is stopping")
-            llm = self._lane(request.cache_key)
-            prompt = self._formatter(messages=request.messages).prompt
-            prefix = CODE_PREFIX if self.force_code and request.purpose == "turn" else ""
-            tokens = llm.tokenize((prompt + prefix).encode("utf-8"), add_bos=False,
-                                  special=True)
-            budget = request.max_output_tokens or self.max_output_tokens
-            room = self.n_ctx - len(tokens) - 8
-            if room < 16:
-                raise BackendError(
-                    f"the prompt ({len(tokens)} tokens) does not fit the local model's "
-                    f"window of {self.n_ctx} tokens"
-                )
-            cached = 0
-            if llm.n_tokens > 0:
-                for seen, new in zip(llm._input_ids[: llm.n_tokens], tokens, strict=False):
-                    if seen != new:
-                        break
-                    cached += 1
-            stop = ["```"] if prefix else (request.stop or [])
-            output = llm.create_completion(
-                tokens, max_tokens=min(budget, room), temperature=(
-                    self.temperature if request.temperature is None else request.temperature),
-                repeat_penalty=self.repeat_penalty, stop=stop, seed=self.seed,
-                stopping_criteria=self._cancel_criteria(request),
-                grammar=self._grammar(request.grammar),
+        if request.cancel is not None and request.cancel.is_set():
+            raise Cancelled("the call tree is stopping")
+        runtime, engine = self._loaded()
+        prompt = runtime.formatter(messages=request.messages).prompt
+        grammar = request.grammar or self._schema_grammar(request.response_schema)
+        code = (self.force_code and request.purpose == "turn" and not grammar)
+        prefix = CODE_PREFIX if code else ""
+        tokens = runtime.tokenize(prompt + prefix)
+        budget = request.max_output_tokens or self.max_output_tokens
+        room = self.n_ctx - len(tokens) - 8
+        if room < 16:
+            raise BackendError(
+                f"the prompt ({len(tokens)} tokens) does not fit the local model's "
+                f"window of {self.n_ctx} tokens"
             )
-        text = output["choices"][0]["text"]
+        temperature = self.temperature if request.temperature is None else request.temperature
+        sampler = runtime.sampler(temperature=temperature, repeat_penalty=self.repeat_penalty,
+                                  seed=self.seed, grammar=grammar)
+        generation = Generation(runtime, min(budget, room),
+                                ["```"] if prefix else (request.stop or []))
+        job = Job(tokens=tokens, generation=generation, sampler=sampler,
+                  lane=request.cache_key, cancel=request.cancel)
+        try:
+            engine.submit(job)
+            job.done.wait()
+        finally:
+            if job.done.is_set():
+                sampler.close()
+        if job.error is not None:
+            raise job.error
+        text = generation.reply()
         if prefix:
             text = f"{prefix}{text.rstrip()}\n```"
-        usage = output.get("usage", {})
         return Completion(
-            text=text, model=self.model_name,
-            input_tokens=int(usage.get("prompt_tokens", len(tokens))),
-            output_tokens=int(usage.get("completion_tokens", 0)),
-            cost_usd=0.0, latency_s=time.monotonic() - started,
-            cached_input_tokens=min(cached, len(tokens)),
+            text=text, model=self.model_name, input_tokens=len(tokens),
+            output_tokens=len(generation.tokens), cost_usd=0.0,
+            latency_s=time.monotonic() - started, cached_input_tokens=job.reused,
         )
 
-    @staticmethod
-    def _grammar(source: str | None) -> Any:
-        """A GBNF grammar constraining the output, when the request carries one."""
-        if not source:
+    def _schema_grammar(self, schema: dict[str, Any] | None) -> str | None:
+        """The GBNF grammar of a JSON Schema (compiled once per schema), or None."""
+        if schema is None:
             return None
+        key = json.dumps(schema, sort_keys=True)
+        with self._lock:
+            if key in self._schemas:
+                self._schemas.move_to_end(key)
+                return self._schemas[key]
         from llama_cpp import LlamaGrammar
 
         try:
-            return LlamaGrammar.from_string(source, verbose=False)
-        except ValueError as exc:
-            raise ConfigError(f"invalid GBNF grammar: {exc}") from exc
-
-    @staticmethod
-    def _cancel_criteria(request: CompletionRequest) -> Any:
-        if request.cancel is None:
-            return None
-        from llama_cpp import StoppingCriteriaList
-
-        event = request.cancel
-        return StoppingCriteriaList([lambda tokens, logits: event.is_set()])
+            grammar: str | None = LlamaGrammar.from_json_schema(json.dumps(schema),
+                                                                verbose=False)._grammar
+        except Exception as exc:  # a schema the converter cannot express: not enforced
+            _log.warning("local backend: cannot turn the schema into a grammar (%s); the "
+                         "reply is not constrained", exc)
+            grammar = None
+        with self._lock:
+            self._schemas[key] = grammar
+            while len(self._schemas) > _SCHEMA_CACHE_SIZE:
+                self._schemas.popitem(last=False)
+        return grammar
 
     def estimate_cost(self, request: CompletionRequest) -> float | None:
         return 0.0
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_name, "n_ctx": self.n_ctx,
-                "threads": self.n_threads}
+                "threads": self.n_threads, "parallel": self.parallel}
 
     def close(self) -> None:
         with self._lock:
-            for llm in self._contexts.values():
-                llm.close()
-            self._contexts.clear()
-
-
-_REPACK_LOCK = threading.Lock()
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return " amx_int8" in info.read()
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def without_weight_repacking(llama_cpp: Any) -> Iterator[None]:
-    """On a CPU with AMX, load the model without llama.cpp's extra weight buffers.
-
-    llama.cpp (as bundled with llama-cpp-python 0.3.x) repacks weights for AMX and then
-    crashes in ``decode`` on any prompt of more than one token; its ``use_extra_bufts``
-    model parameter turns the repacking off, but ``Llama()`` has no argument for it, so
-    the default parameters are adjusted while this model loads.
-    """
-    low = getattr(llama_cpp, "llama_cpp", None)
-    defaults = getattr(low, "llama_model_default_params", None)
-    if defaults is None or not _cpu_has_amx():
-        yield
-        return
-
-    def without_repacking() -> Any:
-        params = defaults()
-        if hasattr(params, "use_extra_bufts"):
-            params.use_extra_bufts = False
-        return params
-
-    with _REPACK_LOCK:
-        low.llama_model_default_params = without_repacking
-        try:
-            yield
-        finally:
-            low.llama_model_default_params = defaults
+            engine, runtime = self._engine, self._runtime
+            self._engine = self._runtime = None
+        if engine is not None:
+            engine.close()
+        if runtime is not None:
+            runtime.close()

@@ -34,6 +34,7 @@ from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
 from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, Step
 from rlm.core.routing import ModelRouter
+from rlm.core.strategy import strategy_hint
 from rlm.environments.base import Environment
 from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
 from rlm.result import RLMResult
@@ -357,10 +358,12 @@ class Run:
                                        tools=self.tools, template=cfg.system_prompt,
                                        prompt_profile=self.prompt_profile(node),
                                        sub_calls=cfg.sub_calls)
-        user = prompts.first_user_message(question, describe_context(value),
-                                          session_turn=session.turn if session else 0,
-                                          session_names=names, answer_format=None
-                                          if schema is None else schemas.describe(schema))
+        hinted = prompts.profile(self.prompt_profile(node)).strategy_hints
+        user = prompts.first_user_message(
+            question, describe_context(value), session_turn=session.turn if session else 0,
+            session_names=names,
+            answer_format=None if schema is None else schemas.describe(schema),
+            hint=strategy_hint(question, sub_calls=cfg.sub_calls) if hinted else None)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def close_node(self, node: NodeRef, outcome: Outcome | None,

@@ -155,6 +155,7 @@ class PromptProfile:
     max_output_chars: int | None = None
     miss_text: str | None = None
     verify_answers: bool = False
+    strategy_hints: bool = False
 
 
 PROFILES = {
@@ -176,6 +177,7 @@ PROFILES = {
             "matched separately (one re.search per word, with re.I)."
         ),
         verify_answers=True,
+        strategy_hints=True,
     ),
 }
 
@@ -218,10 +220,12 @@ def first_user_message(
     session_turn: int = 0,
     session_names: list[str] | None = None,
     answer_format: str | None = None,
+    hint: str | None = None,
 ) -> str:
     """The first user message of a node: the question (if any) and what `context` is.
 
-    ``answer_format`` says what shape the answer must have (``completion(schema=...)``).
+    ``answer_format`` says what shape the answer must have (``completion(schema=...)``);
+    ``hint`` names a strategy (``rlm.core.strategy``, on the small profile).
     """
     parts = []
     if session_turn:
@@ -235,6 +239,8 @@ def first_user_message(
                      "and submit the result with FINAL.")
     if answer_format:
         parts.append(f"Answer format: {answer_format}")
+    if hint:
+        parts.append(hint)
     parts.append("Start by writing a ```repl block that looks at `context`.")
     return "\n\n".join(parts)
 

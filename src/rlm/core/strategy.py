@@ -1,0 +1,52 @@
+"""Choosing a strategy from the question's wording, for small models.
+
+A capable model picks its own approach; a model of one or two billion parameters copies the
+first worked example it sees (a search) whatever the question.  On the small profile the
+first user message therefore names the strategy the question calls for, when its wording
+shows one: a question about every record (how many, most common, which ones, pairs) is
+answered by labelling the records with ``llm_map`` and counting in code; a question whose
+answer hangs on another fact (the city of the company that built X) is answered in two
+searches.  Other questions get no hint (a plain search).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["HINTS", "strategy", "strategy_hint"]
+
+_RECORDS = re.compile(
+    r"\b(how many|count|number of|most common|least common|more common|less common|"
+    r"most frequent|least frequent|which users|list (?:all|every)|every pair|pairs? of)\b",
+    re.IGNORECASE)
+_TWO_STEP = re.compile(
+    r"\bthe (?:\w+ ){1,3}(?:that|which|who|whose) (?!is\b|are\b)\w+|"
+    r"\bof the (?:\w+ ){1,2}of the\b|\b(?:was|is|were|are) the \w+ of\b", re.IGNORECASE)
+
+HINTS = {
+    "records": (
+        "Hint: this question is about every record. Label each record with llm_map (as in "
+        "Example 3), then count or filter the labels in code. Searching for a label's name "
+        "finds only the records that happen to contain that word."),
+    "two-step": (
+        "Hint: this question has steps. First find the thing the question starts from and "
+        "read in the output the name it leads to; then search for that name (as in Example "
+        "2). The answer is what the question asks for at the end, not the first name found."),
+}
+
+
+def strategy(question: str | None, *, sub_calls: bool = True) -> str | None:
+    """``"records"``, ``"two-step"`` or ``None`` (a plain search) for ``question``."""
+    if not question:
+        return None
+    if _TWO_STEP.search(question):
+        return "two-step"
+    if sub_calls and _RECORDS.search(question):
+        return "records"
+    return None
+
+
+def strategy_hint(question: str | None, *, sub_calls: bool = True) -> str | None:
+    """The hint for the first user message, if the question's wording calls for one."""
+    chosen = strategy(question, sub_calls=sub_calls)
+    return None if chosen is None else HINTS[chosen]
