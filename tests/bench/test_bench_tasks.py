@@ -284,3 +284,17 @@ def test_the_one_line_niah_is_the_same_needle_in_a_haystack_without_line_breaks(
     flat = make_instance("niah-one-line", 2**13)
     assert "\n" not in flat.context and len(flat.context) > 30_000
     assert flat.answer in flat.context and flat.question.startswith("What is the special")
+
+
+def test_instances_do_not_depend_on_the_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from rlm.bench.tasks import TASKS, make_instance; "
+            "print([hashlib.sha256((i.question + i.context).encode()).hexdigest() "
+            "for i in (make_instance(t, 2**13, 1) for t in TASKS)])")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+               for seed in ("1", "2", "3")}
+    assert len(digests) == 1, "an instance changed with PYTHONHASHSEED"

@@ -81,7 +81,9 @@ class Record(NamedTuple):
 
 _DATES = [_START + dt.timedelta(days=d) for d in range(_DAYS)]
 _DATE_TEXT = [d.strftime("%b %d, %Y") for d in _DATES]
-_FIELDS = {t: {f for _, f, _, _ in string.Formatter().parse(t) if f}
+#: Each template's fields in order (a tuple, not a set: a set's order changes with the
+#: process's hash seed, and so would every instance drawn from it).
+_FIELDS = {t: tuple(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(t) if f))
            for group in TEMPLATES.values() for t in group}
 
 
