@@ -90,16 +90,10 @@ FINAL("Tarn")
 ```
 To find which file or document holds a match, print the header line before it: \
 context.rfind("Title:", 0, m.start()).
-Example 3, a question about every record (how many, which ones, most common): label \
-the records with `llm_map`, then count in code.
-```python
-lines = [line for line in context.split("\\n") if line.strip()]
-labels = llm_map("Label each record as spam or ham.", lines, schema=Literal["spam", "ham"])
-print(sum(1 for label in labels if label == "spam"))
-```
-`llm_map(instruction, items, schema=...)` asks a helper model about each item (it sees only \
-the instruction and the items) and returns one value per item; `llm_query(text)` asks it \
-about any text you pass.
+For a question about every record (how many, which ones, most common), label the records \
+with `llm_map(instruction, items, schema=...)` and count in code: it asks a helper model \
+about each item (it sees only the instruction and the items) and returns one value per \
+item. `llm_query(text)` asks it about any text you pass.
 """
 
 SUB_CALLS_HELP = """\
@@ -209,7 +203,7 @@ def system_prompt(
         chunk_rule=(f"; use llm_query on chunks of at most ~{chunk_chars:,} characters when "
                     "you must understand text") if sub_calls else "",
         small_strategies=SMALL_STRATEGIES if sub_calls else SMALL_STRATEGIES.split(
-            "Example 3")[0],
+            "For a question about every record")[0],
     )
 
 

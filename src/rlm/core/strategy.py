@@ -25,9 +25,17 @@ _TWO_STEP = re.compile(
 
 HINTS = {
     "records": (
-        "Hint: this question is about every record. Label each record with llm_map (as in "
-        "Example 3), then count or filter the labels in code. Searching for a label's name "
-        "finds only the records that happen to contain that word."),
+        "Hint: this question is about every record, so label each record with llm_map "
+        "(searching for a label's name finds only the records that happen to contain that "
+        "word). Start with this block, filled in:\n"
+        "```python\n"
+        "from collections import Counter\n"
+        "lines = [line for line in context.split(\"\\n\") if line.strip()]\n"
+        "labels = llm_map(\"<what to decide for each record>\", lines, "
+        "schema=Literal[<the possible labels>])\n"
+        "print(Counter(labels))\n"
+        "```\n"
+        "then count or filter in code: labels[i] is the label of lines[i]."),
     "two-step": (
         "Hint: this question has steps. First find the thing the question starts from and "
         "read in the output the name it leads to; then search for that name (as in Example "
