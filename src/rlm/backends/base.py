@@ -38,6 +38,9 @@ class LMBackend(ABC):
     enforces_schema: ClassVar[bool] = False
 
     model_name: str = "unknown"
+    #: The model's window in tokens, when known: a node's history is compacted before it
+    #: nears it (``rlm.core.compaction``); ``None``: never compacted.
+    context_window: int | None = None
 
     @abstractmethod
     def complete(self, request: CompletionRequest) -> Completion:

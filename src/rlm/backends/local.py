@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.backends.base import LMBackend
-from rlm.backends.local_engine import Engine, Job
+from rlm.backends.local_engine import EXACT_ROWS, Engine, Job
 from rlm.backends.local_models import DEFAULT_MODEL, MODELS, AssemblyProgress, ensure_model
 from rlm.backends.local_runtime import Generation, Runtime, without_weight_repacking
 from rlm.errors import BackendError, Cancelled, ConfigError
@@ -45,11 +45,15 @@ class LocalBackend(LMBackend):
     tokens each, over the one copy of the weights; one-shot calls too long for the batch
     use one of them).  ``parallel`` one-shot calls are decoded together, each in a KV
     stream of ``batch_window`` tokens (prompt and reply; ``parallel=1`` runs every call
-    after the other, in a lane).  Turn requests are started with a ```python fence
-    (``force_code``) so small models always answer with code; a request with a
-    ``response_schema`` is constrained to it by a grammar instead.  ``progress`` is
-    passed to ``ensure_model`` when a named model is assembled on first use (nothing is
-    printed without it).
+    after the other, in a lane).  With ``batch_exact`` (the default) each of them gets
+    the reply it would get alone: at most 3 tokens a decode call, each prompt read on its
+    own, and ``parallel`` 3 by default.  ``batch_exact=False`` decodes every generating
+    call in one decode call (``parallel`` 16 by default): faster, but a reply at
+    temperature 0 may then differ where two tokens nearly tie.  Turn requests are started
+    with a ```python fence (``force_code``) so small models always answer with code; a
+    request with a ``response_schema`` is constrained to it by a grammar instead (a
+    ``grammar`` given with it wins).  ``progress`` is passed to ``ensure_model`` when a
+    named model is assembled on first use (nothing is printed without it).
     """
 
     name = "local"
@@ -63,8 +67,9 @@ class LocalBackend(LMBackend):
         n_ctx: int = 8192,
         n_threads: int | None = None,
         lanes: int = 2,
-        parallel: int = 8,
+        parallel: int | None = None,
         batch_window: int = 2048,
+        batch_exact: bool = True,
         max_output_tokens: int = 512,
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
@@ -86,10 +91,13 @@ class LocalBackend(LMBackend):
                               "(or a path to a .gguf file)")
         self._model = model
         self.n_ctx = n_ctx
+        self.context_window = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 2
         self.lanes = max(1, lanes)
-        self.parallel = max(1, parallel)
+        self.parallel = max(1, parallel if parallel is not None else (
+            EXACT_ROWS if batch_exact else 16))
         self.batch_window = max(256, min(batch_window, n_ctx))
+        self.batch_exact = batch_exact
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
@@ -120,7 +128,8 @@ class LocalBackend(LMBackend):
                 self._runtime = runtime
                 self._engine = Engine(runtime, n_ctx=self.n_ctx, n_threads=self.n_threads,
                                       lanes=self.lanes, parallel=self.parallel,
-                                      batch_window=self.batch_window)
+                                      batch_window=self.batch_window,
+                                      exact=self.batch_exact)
             return self._runtime, self._engine
 
     def warm_up(self) -> None:
@@ -135,8 +144,11 @@ class LocalBackend(LMBackend):
             raise Cancelled("the call tree is stopping")
         runtime, engine = self._loaded()
         prompt = runtime.formatter(messages=request.messages).prompt
-        grammar = request.grammar or self._schema_grammar(request.response_schema)
-        code = (self.force_code and request.purpose == "turn" and not grammar)
+        grammar = request.grammar
+        typed = not grammar and request.response_schema is not None
+        if typed:  # the reply is JSON of the schema's shape: no code fence
+            grammar = self._schema_grammar(request.response_schema)
+        code = self.force_code and request.purpose == "turn" and not typed
         prefix = CODE_PREFIX if code else ""
         tokens = runtime.tokenize(prompt + prefix)
         budget = request.max_output_tokens or self.max_output_tokens

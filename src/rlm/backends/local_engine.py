@@ -8,9 +8,13 @@ them at once:
   of its own with one full-window KV stream (LRU, ``lanes`` of them), so the next turn
   only reads its new tokens even when sub-calls ran in between;
 - a one-shot call that fits the batch window runs in one of the ``parallel`` slots of the
-  *batch* context, and every generating slot advances by one token per decode call (one
-  pass over the weights for all of them: what makes concurrent sub-calls faster than one
-  after the other); a longer one runs in the ``_oneshot`` lane.
+  *batch* context, where the generating slots advance together: one token each per
+  round, several slots per decode call (one pass over the weights for all of them: what
+  makes concurrent sub-calls faster than one after the other).  ``exact`` keeps each
+  reply the one the call gets alone: at most ``EXACT_ROWS`` slots a decode call and each
+  prompt read on its own; otherwise every generating slot goes into one decode call and
+  prompts are read several to a call.  A call too long for the batch window runs in the
+  ``_oneshot`` lane.
 
 Each prompt is read on its own, from the end of the longest cached prefix any slot of
 its context holds (the stream is copied over when that slot is another one's), in chunks
@@ -34,6 +38,10 @@ __all__ = ["Engine", "Job"]
 
 #: Copy another slot's stream only when it saves at least this many prompt tokens.
 _MIN_COPY_GAIN = 4
+#: The most tokens a decode call may carry for each to be computed exactly as in a call
+#: of its own: llama.cpp's CPU matrix kernels (this build, x86) take 4 tokens at a time
+#: from 4 on, which changes the last bits of every logit.
+EXACT_ROWS = 3
 ONESHOT_LANE = "_oneshot"
 
 
@@ -73,13 +81,14 @@ class Engine:
     """The thread that owns the contexts and decodes for every job."""
 
     def __init__(self, runtime: Runtime, *, n_ctx: int, n_threads: int, lanes: int,
-                 parallel: int, batch_window: int) -> None:
+                 parallel: int, batch_window: int, exact: bool = True) -> None:
         self.runtime = runtime
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.lanes = max(1, lanes)
         self.parallel = parallel
         self.batch_window = batch_window
+        self.exact = exact
         self._cond = threading.Condition()
         self._incoming: list[Job] = []
         self._calls: list[Callable[[], None]] = []
@@ -182,36 +191,63 @@ class Engine:
 
     def _iterate(self) -> None:
         self._admit()
-        for job in list(self._active):  # read prompts, one chunk per job and round
+        reading: list[Job] = []
+        for job in list(self._active):
             if job.cancelled:
                 self._finish(job)
             elif job.pending is None:
-                self._read(job)
-        contexts: dict[int, tuple[KVContext, list[Job]]] = {}
+                reading.append(job)
+        for group in self._read_groups(reading):  # one chunk of each prompt a round
+            self._read(group)
+        generating: dict[int, tuple[KVContext, list[Job]]] = {}
         for job in self._active:
             if job.pending is not None and job.context is not None:
-                contexts.setdefault(id(job.context), (job.context, []))[1].append(job)
-        for context, jobs in contexts.values():
-            self._step(context, jobs)
+                generating.setdefault(id(job.context), (job.context, []))[1].append(job)
+        for context, jobs in generating.values():
+            for group in self._step_groups(jobs):
+                self._step(context, group)
+
+    def _read_groups(self, jobs: list[Job]) -> list[list[Job]]:
+        """Exact: each prompt read on its own.  Else: chunks packed into decode calls."""
+        if self.exact:
+            return [[job] for job in jobs]
+        groups: list[list[Job]] = []
+        size = 0
+        for job in jobs:
+            n = min(N_BATCH, len(job.tokens) - job.read)
+            if groups and groups[-1][0].context is job.context and size + n <= N_BATCH:
+                groups[-1].append(job)
+                size += n
+            else:
+                groups.append([job])
+                size = n
+        return groups
+
+    def _step_groups(self, jobs: list[Job]) -> list[list[Job]]:
+        """Runs of slots decoded together: at most ``EXACT_ROWS`` slots wide when exact."""
+        rows = EXACT_ROWS if self.exact else N_BATCH
+        groups: list[list[Job]] = []
+        for job in sorted(jobs, key=lambda job: job.slot):
+            if groups and job.slot - groups[-1][0].slot < rows:
+                groups[-1].append(job)
+            else:
+                groups.append([job])
+        return groups
 
     def _admit(self) -> None:
-        admitted: list[Job] = []
         for job in list(self._waiting):
             if job.cancelled:
                 self._waiting.remove(job)
                 self._fail(job, Cancelled("the call tree is stopping"))
-                continue
-            placed = self._place(job, admitted)
-            if placed:
+            elif self._place(job):
                 self._waiting.remove(job)
                 self._active.append(job)
-                admitted.append(job)
 
-    def _place(self, job: Job, admitted: list[Job]) -> bool:
+    def _place(self, job: Job) -> bool:
         """Give ``job`` a slot and its cached prefix, or leave it waiting (False)."""
         if job.lane is None:
             if self.fits_batch(len(job.tokens), job.generation.max_tokens):
-                return self._place_in_batch(job, admitted)
+                return self._place_in_batch(job)
             job.lane = ONESHOT_LANE
         if any(other.lane == job.lane for other in self._active):
             return False  # one turn at a time per conversation
@@ -221,7 +257,7 @@ class Engine:
         self._start(job, context, 0, _common(context.cached[0], job.tokens))
         return True
 
-    def _place_in_batch(self, job: Job, admitted: list[Job]) -> bool:
+    def _place_in_batch(self, job: Job) -> bool:
         context = self._batch_context()
         busy = {other.slot for other in self._active if other.context is context}
         free = [slot for slot in range(context.slots) if slot not in busy]
@@ -267,24 +303,31 @@ class Engine:
                                     window=self.batch_window, n_threads=self.n_threads)
         return self._batch
 
-    def _read(self, job: Job) -> None:
-        """Decode the next chunk of ``job``'s prompt; after the last, sample its first token."""
-        context = job.context
+    def _read(self, jobs: list[Job]) -> None:
+        """Decode the next chunk of each prompt; after a prompt's last, sample its first token."""
+        context = jobs[0].context
         assert context is not None
-        chunk = job.tokens[job.read: job.read + N_BATCH]
-        last = job.read + len(chunk) == len(job.tokens)
+        items: list[tuple[int, int, bool]] = []
+        marks: list[tuple[Job, int, int | None]] = []
+        for job in jobs:
+            chunk = job.tokens[job.read: job.read + N_BATCH]
+            last = job.read + len(chunk) == len(job.tokens)
+            items += [(job.slot, token, last and i == len(chunk) - 1)
+                      for i, token in enumerate(chunk)]
+            marks.append((job, len(chunk), len(items) - 1 if last else None))
         try:
-            context.decode([(job.slot, token, last and i == len(chunk) - 1)
-                            for i, token in enumerate(chunk)])
+            context.decode(items)
         except BackendError as exc:
-            self._fail(job, exc)
+            for job in jobs:
+                self._fail(job, exc)
             return
-        job.read += len(chunk)
-        if last:
-            self._sampled(job, context.sample(job.sampler, len(chunk) - 1))
+        for job, n, index in marks:
+            job.read += n
+            if index is not None:
+                self._sampled(job, context.sample(job.sampler, index))
 
     def _step(self, context: KVContext, jobs: list[Job]) -> None:
-        """One token for every generating job of ``context``, in one decode call.
+        """One token for each of ``jobs`` (slots of ``context``), in one decode call.
 
         Streams go into a decode call as a run of consecutive sequence ids, so a slot in
         between that is not generating gets a placeholder token, removed right after.

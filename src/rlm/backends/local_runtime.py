@@ -8,15 +8,21 @@ the one-shot batch is a context with several.  ``Generation`` turns sampled toke
 the reply text exactly as ``Llama.create_completion`` does (end-of-generation tokens,
 stop strings, the token budget, incomplete UTF-8 held back).
 
-Why one stream per sequence rather than one unified KV cache shared by all of them:
-measured on this model, decoding a sequence in the same batch as others changes its
-logits when the cache is unified (its cells interleave with the others', so attention
-sums in another order: up to 0.4 in a logit, and a different text at temperature 0 for
-about one short reply in three), and changes nothing when each sequence has its own
-stream.  A reply therefore never depends on which other calls were decoded with it.
-What still changes logits, as before, is where a prompt is split into decode calls (a
-cached prefix); each prompt is decoded on its own, in chunks of ``N_BATCH`` tokens from
-the end of the prefix it reuses, exactly as ``Llama`` evaluates it.
+Why several contexts over one ``LlamaModel``, and one KV *stream* per sequence: the
+weights are mapped once (a ``Llama`` per lane mapped and paged them in once per lane;
+see docs/benchmarks.md for the memory), a conversation keeps its own full-window cache
+that one-shot calls never evict, and the one-shot calls share one context whose streams
+are decoded together.  A unified KV cache (one pool of cells for all sequences) was
+measured and rejected: a sequence's cells then interleave with the others', attention
+sums in another order, and two sequences decoded together already moved a logit by 0.38
+(0.0 with a stream each), enough to change a reply at temperature 0 where two tokens
+nearly tie.  With a stream each, what remains is the matrix kernels: llama.cpp's CPU
+kernels (this build) take 4 tokens at a time once a decode call carries 4 or more, so a
+call of at most 3 tokens computes each bit for bit as a call of one (measured) and a
+larger one does not; see ``local_engine.EXACT_ROWS``.  What also changes logits, as it
+always did, is where a prompt is split into decode calls (a cached prefix): each prompt
+is read on its own, from the end of the prefix it reuses, in chunks of ``N_BATCH``
+tokens, exactly as ``Llama`` reads it.
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ class Run:
                     prompt_profile=self.prompt_profile(node),
                     answer_check=schemas.answer_check(schema),
                     question=question,
-                    window_tokens=getattr(backend, "context_window", None))
+                    window_tokens=backend.context_window)
 
     def run_sync(self, node: NodeRef, loop: Loop, env: Environment) -> Outcome:
         """Drive ``loop`` to its end, performing each step in this thread."""
