@@ -204,3 +204,16 @@ def test_a_long_run_on_a_small_window_never_overflows(scripted):
     result = RLM(backend=backend, max_iterations=20).completion("q", context="c")
     assert result.response == "done" and biggest < 4_000 - 1_024
     assert "compacted" in notes(result)
+
+
+def test_the_answer_of_a_worked_example_is_refused_every_time_unless_seen():
+    computed_answer = "import re\nFINAL(re.search('master is (.*)', context).group(1))"
+    result, requests = run([repl("FINAL('Tarn')"), repl("FINAL('Tarn')"),
+                            repl(computed_answer)], prompt_profile="small")
+    assert result.response == "Ada Vance" and result.iterations == 3
+    assert "answer of an example" in requests[1][-1]["content"]
+    assert "answer of an example" in requests[2][-1]["content"]
+    # Seen in an output, the same word is an answer like any other.
+    seen, _ = run([repl("print('the port is 8443')"), repl("FINAL('8443')")],
+                  prompt_profile="small")
+    assert (seen.response, seen.iterations) == ("8443", 2)

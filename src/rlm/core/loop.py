@@ -317,7 +317,15 @@ class Loop:
         verify = self.config.verify_answers
         if verify is None:
             verify = prompts.profile(self.prompt_profile).verify_answers
-        if found.grounded or self._verified or not verify:
+        if found.grounded or not verify:
+            return None, found.evidence
+        examples = prompts.profile(self.prompt_profile).example_answers
+        if " ".join(answer_text.lower().split()).strip(" .\"'") in examples:
+            # The answer of a worked example, seen in no output: copied, never accepted.
+            self.budget.count_error()
+            self._note("answer_refused", reason="example", answer=answer_text[:200])
+            return prompts.example_note(answer_text), ()
+        if self._verified:
             return None, found.evidence
         self._verified = True
         self._note("answer_refused", reason="unseen", answer=answer_text[:200])

@@ -17,6 +17,7 @@ __all__ = [
     "PROFILES",
     "PromptProfile",
     "answer_refused",
+    "example_note",
     "extract_prompt",
     "first_user_message",
     "output_limit",
@@ -150,6 +151,9 @@ class PromptProfile:
     miss_text: str | None = None
     verify_answers: bool = False
     strategy_hints: bool = False
+    #: The answers of the profile's worked examples (lower case): an answer that is one of
+    #: them and in no output the model saw is refused every time (it was copied).
+    example_answers: frozenset[str] = frozenset()
 
 
 PROFILES = {
@@ -172,6 +176,7 @@ PROFILES = {
         ),
         verify_answers=True,
         strategy_hints=True,
+        example_answers=frozenset({"8443", "tarn", "voss works"}),
     ),
 }
 
@@ -269,6 +274,13 @@ def verify_note(answer: str) -> str:
             "code computed it, so it was not accepted yet. Check it: search `context` for "
             "it (or for the fact it comes from) and print what you find. If the output "
             "confirms it, call FINAL again; otherwise keep searching.")
+
+
+def example_note(answer: str) -> str:
+    """An answer copied from a worked example of the system prompt."""
+    return (f"Your answer {answer!r} is the answer of an example in my instructions, not "
+            "of this question, and no output you were shown contains it. Search `context` "
+            "for what the question asks.")
 
 
 def answer_refused(problem: str) -> str:
