@@ -16,8 +16,9 @@ loaded their own ``Llama`` and whose calls queued on one lock, loaded from
   lane of its own in the old backend), then peak RSS.
 
 ``--rounds`` repeats both (old, new, fast, old, ...) so a noisy machine shows up as
-spread between rounds (each batch also prints its CPU seconds, which other load moves
-less, and the load average before it); ratios are against old within a round.
+spread between rounds.  Each run waits until the CPUs are idle and prints the CPU time
+other processes took while it ran; a round where that is more than a few seconds is
+disturbed.  Ratios are against old within a round, their median over the rounds.
 
     python benchmarks/local_batch.py [--model NAME] [--threads N] [--rounds 1]
 """
@@ -41,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 #: The last revision of the lock-serialised backend (one ``Llama`` per lane).
 BASELINE = "6efdf1a"
+#: Other processes' CPU seconds during a batch above which its round counts as disturbed.
+QUIET_CPU_S = 5.0
 SERVICES = ["auth", "billing", "search", "cart", "mail"]
 
 
@@ -65,11 +68,6 @@ def backend_class(which: str, baseline: str) -> Any:
     return module.LocalBackend
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     from rlm.types import CompletionRequest
 
@@ -91,13 +89,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         backend.complete(ask("Label this record: warm-up", max_output_tokens=2))
         requests = [ask(f"Label this record: {r}", max_output_tokens=args.tokens)
                     for r in records(args.prompts)]
-        load = os.getloadavg()[0]
-        cpu = _cpu_s()
         started = time.perf_counter()
         with cf.ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(backend.complete, requests))
         wall = time.perf_counter() - started
-        out.update(wall_s=wall, cpu_s=_cpu_s() - cpu, load=load, texts=[r.text for r in results],
+        out.update(wall_s=wall, texts=[r.text for r in results],
                    output_tokens=sum(r.output_tokens for r in results),
                    input_tokens=sum(r.input_tokens for r in results),
                    cached_tokens=sum(r.cached_input_tokens for r in results))
@@ -110,14 +106,42 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every process), from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system, irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_until_idle(limit_s: float = 900.0) -> None:
+    """Wait (bounded) until other processes leave the CPUs nearly idle."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = _busy_s()
+        time.sleep(2.0)
+        if (_busy_s() - before) / (2.0 * (os.cpu_count() or 1)) < 0.1:
+            return
+        time.sleep(8.0)
+
+
 def run_worker(args: argparse.Namespace, which: str, task: str) -> dict[str, Any]:
+    wait_until_idle()
+    busy, own = _busy_s(), _children_cpu_s()
     command = [sys.executable, __file__, "--worker", which, "--task", task,
                "--model", args.model, "--prompts", str(args.prompts), "--tokens",
                str(args.tokens), "--baseline", args.baseline]
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    result["others_cpu_s"] = max(0.0, (_busy_s() - busy) - (_children_cpu_s() - own))
+    return result
 
 
 def main() -> None:
@@ -142,17 +166,19 @@ def main() -> None:
           f"16 threads; baseline {args.baseline}")
     ratios: dict[str, list[float]] = {name: [] for name in (
         "new calls/s", "fast calls/s", "new batch RSS", "fast batch RSS", "new 3-lane RSS")}
+    clean: list[bool] = []
     for round_ in range(1, args.rounds + 1):
         runs = {which: run_worker(args, which, "batch") for which in ("old", "new", "fast")}
         for r in runs.values():
-            print(f"[{round_}] {r['impl']}: batch {r['wall_s']:.1f} s ({r['cpu_s']:.0f} CPU s, "
-                  f"load {r['load']:.1f} before), "
+            print(f"[{round_}] {r['impl']}: batch {r['wall_s']:.1f} s (other processes: "
+                  f"{r['others_cpu_s']:.0f} CPU s during the run), "
                   f"{args.prompts / r['wall_s']:.2f} calls/s, "
                   f"{r['output_tokens'] / r['wall_s']:.1f} generated tokens/s "
                   f"({r['output_tokens']} tokens; {r['cached_tokens']} of "
                   f"{r['input_tokens']} prompt tokens cached), peak RSS "
                   f"{r['peak_rss_mb']:.0f} MB", flush=True)
         old = runs["old"]
+        clean.append(all(r["others_cpu_s"] <= QUIET_CPU_S for r in runs.values()))
         for which in ("new", "fast"):
             same = sum(a == b for a, b in zip(old["texts"], runs[which]["texts"], strict=True))
             print(f"[{round_}] {which}: the old path's reply for {same} of {args.prompts}")
@@ -162,8 +188,11 @@ def main() -> None:
         print(f"[{round_}] 3 lanes in use: old {old_l['peak_rss_mb']:.0f} MB, new "
               f"{new_l['peak_rss_mb']:.0f} MB", flush=True)
         ratios["new 3-lane RSS"].append(new_l["peak_rss_mb"] / old_l["peak_rss_mb"])
+    quiet = [i for i, ok in enumerate(clean) if ok] or list(range(len(clean)))
+    print(f"undisturbed rounds: {sum(clean)} of {len(clean)} (the medians below use "
+          f"{'those' if any(clean) else 'all, none being undisturbed'})")
     for name, values in ratios.items():
-        print(f"{name}, against old: {statistics.median(values):.2f}x "
+        print(f"{name}, against old: {statistics.median(values[i] for i in quiet):.2f}x "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
 
 

@@ -4,6 +4,7 @@ import contextlib
 import io
 import re
 
+from rlm.core.excerpts import keep_matches, search_terms
 from rlm.core.prompts import SMALL_SYSTEM_PROMPT, system_prompt, turn_feedback
 from rlm.types import ExecResult
 
@@ -27,7 +28,9 @@ def test_small_example_search_ignores_case_and_word_order():
         with contextlib.redirect_stdout(printed):
             exec(code, {"context": context})
         assert needle in printed.getvalue()
-        assert len(printed.getvalue()) < 1_000
+        # What the model is shown is cut around the example's own search words.
+        shown = keep_matches(printed.getvalue(), 2_000, search_terms(code))
+        assert needle in shown and len(shown) < 2_500
 
 
 def test_small_profile_refuses_final_after_a_search_that_found_nothing():

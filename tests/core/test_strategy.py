@@ -10,9 +10,12 @@ from tests.conftest import repl
 def test_questions_about_every_record_get_the_labelling_strategy():
     for question in ("How many records have the label 'human'?",
                      "Which label is the most frequent among all records?",
-                     "Is 'a' more common than 'b'?",
-                     "List every pair of user IDs that share a label."):
+                     "Is the label 'a' more common than 'b'?",
+                     "List every pair of user IDs that share a label.",
+                     "How many reviews have a positive sentiment?"):
         assert strategy(question) == "records", question
+    # A count of what the records spell out is plain code: no labelling.
+    assert strategy("How many log lines are at level WARN from the [auth] service?") is None
     # Without sub-calls there is no llm_map to label with: no hint.
     assert strategy("How many records have the label 'human'?", sub_calls=False) is None
 

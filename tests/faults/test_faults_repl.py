@@ -223,7 +223,8 @@ CANCEL = ["local", "subprocess", "sandbox", "gvisor", "docker", "ipython", "pyod
           "remote-local"]
 #: How long after ``cancel()`` the run may return: ``local`` cannot stop ``time.sleep`` (a
 #: C call) and abandons the cell after its 2 s grace.
-CANCEL_WITHIN_S = {"local": 3.5}
+#: gVisor's cancel path crossed 3.0 s twice on a loaded 2-core machine (3.04 s, 3.1 s).
+CANCEL_WITHIN_S = {"local": 3.5, "gvisor": 4.0}
 
 
 @pytest.mark.parametrize("name", CANCEL)

@@ -55,47 +55,22 @@ You answer a question about a long text. The text is in the Python variable `con
 nothing else. I run it and show you what it printed. When the printed output shows the \
 answer, reply with a block that calls FINAL(answer).
 
-Example 1, find a fact: print the text around each match of a distinctive word.
+Example.
 Question: What port does the Payments service use?
 ```python
 import re
-for m in list(re.finditer(r"payments", context, re.I))[:10]:
-    print(context[max(0, m.start() - 200):m.end() + 200])
+for line in context.split("\\n"):
+    if re.search(r"Payments", line, re.I) and re.search(r"port", line, re.I):
+        print(line)
 ```
-Output: ...2024-03-01 payments service listening on port 8443...
+Output: 2024-03-01 payments service listening on port 8443
 ```python
 FINAL("8443")
 ```
-{small_strategies}
-Rules: search with distinctive words from the question, one word per search; print only \
-the text around matches, never the whole context; never assign to `context`; never repeat \
-a search that found nothing.
-{tools}"""
 
-SMALL_STRATEGIES = """\
-Example 2, a question in two steps (the city of the company that built X): find X, read \
-in the output the name the question needs, then search for that name.
-Question: In which city is the company that built the Orla Bridge based?
-```python
-for m in list(re.finditer(r"Orla Bridge", context, re.I))[:10]:
-    print(context[max(0, m.start() - 200):m.end() + 200])
-```
-Output: ...The Orla Bridge was built by Voss Works in 1950...
-```python
-for m in list(re.finditer(r"Voss Works", context, re.I))[:10]:
-    print(context[max(0, m.start() - 200):m.end() + 200])
-```
-Output: ...Voss Works is a company based in Tarn...
-```python
-FINAL("Tarn")
-```
-To find which file or document holds a match, print the header line before it: \
-context.rfind("Title:", 0, m.start()).
-For a question about every record (how many, which ones, most common), label the records \
-with `llm_map(instruction, items, schema=...)` and count in code: it asks a helper model \
-about each item (it sees only the instruction and the items) and returns one value per \
-item. `llm_query(text)` asks it about any text you pass.
-"""
+Rules: search with distinctive words from the question; print only matching lines, never the \
+whole context; never assign to `context`.{small_sub_calls}
+{tools}"""
 
 SUB_CALLS_HELP = """\
 - `llm_query(prompt) -> str`: ask a language model one question. It sees ONLY the \
@@ -207,8 +182,8 @@ def system_prompt(
         sub_calls=SUB_CALLS_HELP if sub_calls else NO_SUB_CALLS_HELP,
         chunk_rule=(f"; use llm_query on chunks of at most ~{chunk_chars:,} characters when "
                     "you must understand text") if sub_calls else "",
-        small_strategies=SMALL_STRATEGIES if sub_calls else SMALL_STRATEGIES.split(
-            "For a question about every record")[0],
+        small_sub_calls=(" `llm_query(text)` asks a helper model about a text you pass to it "
+                         "(it sees nothing else).") if sub_calls else "",
     )
 
 

@@ -3,8 +3,9 @@
 A capable model picks its own approach; a model of one or two billion parameters copies the
 first worked example it sees (a search) whatever the question.  On the small profile the
 first user message therefore names the strategy the question calls for, when its wording
-shows one: a question about every record (how many, most common, which ones, pairs) is
-answered by labelling the records with ``llm_map`` and counting in code; a question whose
+shows one: a question about every record (how many, most common, which ones, pairs) whose
+answer hangs on a label the records do not spell out is answered by labelling the records
+with ``llm_map`` and counting in code (a count of what is written is plain code); a question whose
 answer hangs on another fact (the city of the company that built X) is answered in two
 searches.  Other questions get no hint (a plain search).
 """
@@ -19,6 +20,10 @@ _RECORDS = re.compile(
     r"\b(how many|count|number of|most common|least common|more common|less common|"
     r"most frequent|least frequent|which users|list (?:all|every)|every pair|pairs? of)\b",
     re.IGNORECASE)
+#: A question about every record needs its records labelled only when what it counts is
+#: not written in them: a label, a category, a sentiment, something to infer.
+_INFERRED = re.compile(r"\b(label|labels|labelled|category|categories|classif\w*|infer\w*|"
+                       r"sentiment|topic|kind of|type of)\b", re.IGNORECASE)
 _TWO_STEP = re.compile(
     r"\bthe (?:\w+ ){1,3}(?:that|which|who|whose) (?!is\b|are\b)\w+|"
     r"\bof the (?:\w+ ){1,2}of the\b|\b(?:was|is|were|are) the \w+ of\b", re.IGNORECASE)
@@ -38,8 +43,11 @@ HINTS = {
         "then count or filter in code: labels[i] is the label of lines[i]."),
     "two-step": (
         "Hint: this question has steps. First find the thing the question starts from and "
-        "read in the output the name it leads to; then search for that name (as in Example "
-        "2). The answer is what the question asks for at the end, not the first name found."),
+        "read in the output the name it leads to; then search for that name. The answer is "
+        "what the question asks for at the end, not the first name found. For example, for "
+        "'In which city is the company that built the Orla Bridge based?': search "
+        "\"Orla Bridge\", read 'built by Voss Works', search \"Voss Works\", read 'based in "
+        "Tarn', answer Tarn."),
 }
 
 
@@ -49,7 +57,7 @@ def strategy(question: str | None, *, sub_calls: bool = True) -> str | None:
         return None
     if _TWO_STEP.search(question):
         return "two-step"
-    if sub_calls and _RECORDS.search(question):
+    if sub_calls and _RECORDS.search(question) and _INFERRED.search(question):
         return "records"
     return None
 
