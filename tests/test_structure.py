@@ -41,7 +41,7 @@ RANKS: list[set[str]] = [
     {"core", "registry"},  # core never looks a backend or environment up by name
     {"api"},
     {"rlm"},  # the package's __init__: the public names
-    {"bench"},
+    {"bench", "serve"},
     {"cli"},
 ]
 TIER = {unit: rank for rank, units in enumerate(RANKS) for unit in units}

@@ -18,7 +18,9 @@ import rlm
 from rlm.cli.bench import bench
 from rlm.cli.demo import demo
 from rlm.cli.listing import backends, envs, trace
+from rlm.cli.mcp import mcp
 from rlm.cli.run import run
+from rlm.cli.serve import serve
 from rlm.errors import RLMError
 
 __all__ = ["cli", "main"]
@@ -68,7 +70,7 @@ def cli() -> None:
     """Recursive Language Models: answer questions over inputs of any size."""
 
 
-for _command in (run, bench, demo, backends, envs, trace):
+for _command in (run, bench, demo, backends, envs, trace, serve, mcp):
     cli.add_command(_command)
 
 
