@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from rlm import CompletionRequest
-from rlm.backends.local import LocalBackend
+from rlm.backends.local import LocalBackend, schema_choices
 from rlm.backends.local_runtime import Generation
 from rlm.errors import ConfigError
 
@@ -167,3 +167,40 @@ def test_a_reply_ends_at_end_of_generation_a_stop_string_or_the_budget():
     assert _generate(pieces, [1, 3, 1, 3], max_tokens=3) == ("abdab", 3)
     # half a character is never the last token: the budget waits for the other half
     assert _generate(pieces, [1, 4, 5, 3], max_tokens=2) == ("abé", 3)
+
+
+def test_a_choice_ends_as_soon_as_its_start_names_one_option():
+    pieces = [b"", b"[", b' "', b"desc", b"ription", b'"]', b'"', b"d"]
+    choices = ('["description"]', '["distance"]', '["numeric"]')
+    generation = Generation(_Pieces(pieces), 10, (), choices)  # type: ignore[arg-type]
+    # '[' and ' "' leave three options; 'desc' leaves one: the rest is what the grammar forces
+    assert [generation.add(token) for token in (1, 2, 3)] == [False, False, True]
+    assert generation.reply() == '["description"]' and len(generation.tokens) == 3
+    shared = Generation(_Pieces(pieces), 10, (), ('"d"', '"dd"'))  # type: ignore[arg-type]
+    assert not shared.add(6) and not shared.add(7)  # '"d' starts both: not decided yet
+
+
+def test_only_a_plain_choice_among_strings_is_a_choice():
+    assert schema_choices({"enum": ["a", "b c"]}) == ('"a"', '"b c"')
+    assert schema_choices({"type": "array", "items": {"enum": ["a", "b"]},
+                           "minItems": 1, "maxItems": 1}) == ('["a"]', '["b"]')
+    for schema in ({"enum": ["a", 1]}, {"enum": []}, {"type": "integer", "enum": [1]},
+                   {"enum": ["a"], "pattern": "a"}, {"type": "array", "items": {"enum": ["a"]}},
+                   {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                    "maxItems": 1}, None):
+        assert schema_choices(schema) == ()  # type: ignore[arg-type]
+
+
+def test_a_label_costs_three_tokens_at_most_and_is_the_full_grammar_s_choice(local_backend):
+    schema = {"type": "array", "items": {"enum": ["description", "location", "numeric"]},
+              "minItems": 1, "maxItems": 1}
+    question = ("Which label fits the question? description (asks for a reason), location "
+                "(asks for a place), numeric (asks for a number)\n\nAnswer for each of the "
+                "1 items below, in order, with a JSON list of 1 values.\n\n1. ")
+    for text, label in (("Where is Velmora located?", "location"),
+                        ("How far is Tarn from Orla?", "numeric")):
+        quick = local_backend.complete(ask(question + text, response_schema=schema))
+        full = local_backend.complete(ask(question + text, grammar=local_backend._schema_grammar(
+            schema)))  # the same grammar without the early end: every token generated
+        assert json.loads(quick.text) == json.loads(full.text) == [label]
+        assert quick.output_tokens <= 3 < full.output_tokens  # "[", "\"", "location"

@@ -36,6 +36,24 @@ _SCHEMA_CACHE_SIZE = 64
 _log = logging.getLogger(__name__)
 
 
+def schema_choices(schema: dict[str, Any] | None) -> tuple[str, ...]:
+    """The replies a JSON Schema allows, as JSON text, when it is a choice among a few
+    strings (``Literal["a", "b"]``) or a list of exactly one of them (``llm_map``'s shape
+    for one item per call), else ``()``."""
+    if not isinstance(schema, dict):
+        return ()
+    if schema.get("type") == "array" and schema.get("minItems") == schema.get("maxItems") == 1:
+        if set(schema) <= {"type", "items", "minItems", "maxItems", "title", "description"}:
+            return tuple(f"[{choice}]" for choice in schema_choices(schema.get("items")))
+        return ()
+    options = schema.get("enum")
+    if (not set(schema) <= {"enum", "type", "title", "description"}
+            or schema.get("type", "string") != "string" or not isinstance(options, list)
+            or not options or not all(isinstance(o, str) and o for o in options)):
+        return ()
+    return tuple(json.dumps(o) for o in dict.fromkeys(options))
+
+
 class LocalBackend(LMBackend):
     """An embedded GGUF model run by llama.cpp in this process.
 
@@ -146,6 +164,7 @@ class LocalBackend(LMBackend):
         prompt = runtime.formatter(messages=request.messages).prompt
         grammar = request.grammar
         typed = not grammar and request.response_schema is not None
+        choices = schema_choices(request.response_schema) if typed else ()
         if typed:  # the reply is JSON of the schema's shape: no code fence
             grammar = self._schema_grammar(request.response_schema)
         code = self.force_code and request.purpose == "turn" and not typed
@@ -162,7 +181,7 @@ class LocalBackend(LMBackend):
         sampler = runtime.sampler(temperature=temperature, repeat_penalty=self.repeat_penalty,
                                   seed=self.seed, grammar=grammar)
         generation = Generation(runtime, min(budget, room),
-                                ["```"] if prefix else (request.stop or []))
+                                ["```"] if prefix else (request.stop or []), choices)
         job = Job(tokens=tokens, generation=generation, sampler=sampler,
                   lane=request.cache_key, cancel=request.cancel)
         try:

@@ -230,13 +230,18 @@ class Generation:
     ``add(token)`` takes each sampled token and says whether the reply is finished: at an
     end-of-generation token (not part of the text), when a stop string appears (the text
     is cut before it) or after ``max_tokens`` tokens; a token that leaves a UTF-8
-    character incomplete is never the last one.
+    character incomplete is never the last one.  With ``choices`` (the reply is one of
+    these JSON texts, a grammar keeps it so), the reply is finished as soon as its text
+    (whitespace between JSON tokens aside) starts only one of them, and is that choice:
+    the grammar would force the rest, so a label costs a few tokens, not all of them.
     """
 
-    def __init__(self, runtime: Runtime, max_tokens: int, stop: Sequence[str]) -> None:
+    def __init__(self, runtime: Runtime, max_tokens: int, stop: Sequence[str],
+                 choices: Sequence[str] = ()) -> None:
         self._runtime = runtime
         self.max_tokens = max_tokens
         self._stops = [s.encode("utf-8") for s in stop if s]
+        self._choices = [c.encode("utf-8") for c in choices]
         self.tokens: list[int] = []
         self._bytes = b""
         self._multibyte = 0
@@ -260,6 +265,12 @@ class Generation:
         if self._multibyte > 0:
             self._multibyte -= 1
             return False
+        if self._choices:
+            start = _squeezed(every)
+            left = [c for c in self._choices if c.startswith(start)]
+            if len(left) == 1:
+                self.text = left[0]
+                return True
         hits = [s for s in self._stops if s in every]
         if hits:
             self.text = every[: every.index(hits[0])]
@@ -276,6 +287,26 @@ class Generation:
     def reply(self) -> str:
         return (self.text if self.text is not None else self._bytes).decode(
             "utf-8", errors="ignore")
+
+
+def _squeezed(text: bytes) -> bytes:
+    """JSON text without the whitespace between its tokens (strings kept as they are)."""
+    out = bytearray()
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # a backslash: the next byte is part of the string
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte in b" \t\r\n":
+            continue
+        else:
+            in_string = byte == 0x22
+        out.append(byte)
+    return bytes(out)
 
 
 _REPACK_LOCK = threading.Lock()
