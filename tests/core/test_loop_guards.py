@@ -217,3 +217,17 @@ def test_the_answer_of_a_worked_example_is_refused_every_time_unless_seen():
     seen, _ = run([repl("print('the port is 8443')"), repl("FINAL('8443')")],
                   prompt_profile="small")
     assert (seen.response, seen.iterations) == ("8443", 2)
+
+
+def test_a_small_model_writing_a_fruitless_block_a_third_time_stops_with_an_extracted_answer():
+    search = repl("print([l for l in context.split('\\n') if 'Quux' in l])")
+    result, requests = run([search] * 6 + ["my best guess"], prompt_profile="small",
+                           max_iterations=10)
+    ran = [e.data["code"] for e in result.trace.code_executions]
+    assert sum("'Quux' in l" in code for code in ran) == 1  # run once, refused twice
+    assert notes(result) == ["repeat", "repeat", "stuck"]
+    assert (result.stop_reason, result.answer_source) == ("errors", "extract")
+    assert len(requests) == 4  # three turns and the extraction, not ten turns
+    # the default profile keeps refusing and going on (a capable model rarely repeats)
+    result, _ = run([search] * 4 + [repl("FINAL('Ada Vance')")], max_iterations=10)
+    assert result.response == "Ada Vance" and notes(result) == ["repeat"] * 3

@@ -32,9 +32,9 @@ from rlm.context import describe_context, load_context
 from rlm.core import prompts
 from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
-from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, Step
+from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
 from rlm.core.routing import ModelRouter
-from rlm.core.strategy import strategy_hint
+from rlm.core.strategy import plan
 from rlm.environments.base import Environment
 from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
 from rlm.result import RLMResult
@@ -62,9 +62,7 @@ class Session:
     """
 
     def __init__(self, environment: Environment, owned: bool) -> None:
-        self.environment = environment
-        self.owned = owned
-        self.turn = 0
+        self.environment, self.owned, self.turn = environment, owned, 0
         self.history: list[dict[str, str]] = []
         self._target: HostCall | None = None
         self.lock = threading.Lock()
@@ -202,6 +200,7 @@ class Run:
         self._root_loop: Loop | None = None
         #: Per open node, what removes its environment's ``interrupt`` from ``on_stop``.
         self._stops: dict[str, Callable[[], None]] = {}
+        self._openings: dict[str, str | None] = {}  # per node: code run before turn 1
 
     def _call_for(self, node: NodeRef) -> HostCall:
         return lambda message: self.handler.handle(message, node)
@@ -247,7 +246,7 @@ class Run:
                     send(await self.handler.acomplete(step.request, self.root,
                                                       purpose=step.purpose))
                 else:
-                    send(await asyncio.to_thread(self._run_block, step.code, self.env))
+                    send(await asyncio.to_thread(self._run_block, step, self.env))
         self.outcome = stepper.outcome
 
     def _finish(self, error: BaseException | None) -> None:
@@ -317,12 +316,11 @@ class Run:
         if remove is not None:
             remove()
 
-    def block_time_s(self) -> float | None:
-        """The time limit of the next block: ``block_time_share`` of the time left."""
+    def block_time_s(self, share: float | None = None) -> float | None:
+        """The time limit of the next block: ``share`` (``block_time_share``) of the time left."""
         left = self.budget.time_left_s()
-        if left is None:
-            return None
-        return min(left, max(left * self.loop_config.block_time_share, MIN_BLOCK_S))
+        share = share or self.loop_config.block_time_share
+        return None if left is None else min(left, max(left * share, MIN_BLOCK_S))
 
     def prompt_profile(self, node: NodeRef) -> str:
         """The prompt wording for ``node``: the configured one, else its backend's."""
@@ -354,16 +352,18 @@ class Run:
             backend=self.router.for_depth(node.depth).describe(),
             limits=vars(self.limits), environment=type(env).__name__,
         )
+        wording = self.prompt_profile(node)
         system = prompts.system_prompt(depth=node.depth, max_depth=self.limits.max_depth,
                                        tools=self.tools, template=cfg.system_prompt,
-                                       prompt_profile=self.prompt_profile(node),
-                                       sub_calls=cfg.sub_calls)
-        hinted = prompts.profile(self.prompt_profile(node)).strategy_hints
+                                       prompt_profile=wording, sub_calls=cfg.sub_calls)
+        chosen = plan(question, value, sub_calls=cfg.sub_calls) if prompts.profile(
+            wording).strategy_hints else None
+        self._openings[node.run_id] = chosen.opening if chosen else None
         user = prompts.first_user_message(
             question, describe_context(value), session_turn=session.turn if session else 0,
-            session_names=names,
-            answer_format=None if schema is None else schemas.describe(schema),
-            hint=strategy_hint(question, sub_calls=cfg.sub_calls) if hinted else None)
+            session_names=names, answer_format=None if schema is None else
+            schemas.describe(schema), hint=chosen.hint if chosen else None,
+            opening=bool(chosen and chosen.opening))
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def close_node(self, node: NodeRef, outcome: Outcome | None,
@@ -384,8 +384,8 @@ class Run:
         return Loop(node, self.budget, messages, self.loop_config, self.tracer,
                     prompt_profile=self.prompt_profile(node),
                     answer_check=schemas.answer_check(schema),
-                    question=question,
-                    window_tokens=backend.context_window)
+                    question=question, window_tokens=backend.context_window,
+                    opening=self._openings.pop(node.run_id, None))
 
     def run_sync(self, node: NodeRef, loop: Loop, env: Environment) -> Outcome:
         """Drive ``loop`` to its end, performing each step in this thread."""
@@ -395,16 +395,16 @@ class Run:
                 if isinstance(step, CallLM):
                     send(self.handler.complete(step.request, node, purpose=step.purpose))
                 else:
-                    send(self._run_block(step.code, env))
+                    send(self._run_block(step, env))
         assert stepper.outcome is not None
         return stepper.outcome
 
-    def _run_block(self, code: str, env: Environment) -> ExecResult:
+    def _run_block(self, step: RunCode, env: Environment) -> ExecResult:
         if self.budget.tripped is not None:  # stopped since the reply: do not start it
             reason = self.budget.tripped
             return ExecResult(error=f"{type(reason).__name__}: {reason}; the block was not run")
-        return _checked(env, _env_call(env, "execute", env.execute, code,
-                                       timeout_s=self.block_time_s()))
+        return _checked(env, _env_call(env, "execute", env.execute, step.code,
+                                       timeout_s=self.block_time_s(step.time_share)))
 
     def spawn_child(self, prompt: str, context: Any, parent: NodeRef,
                     schema: dict[str, Any] | None = None) -> str:

@@ -59,9 +59,11 @@ class CallLM:
 
 @dataclass(frozen=True)
 class RunCode:
-    """Run one code block in the node's environment; send back an ``ExecResult``."""
+    """Run one code block in the node's environment; send back an ``ExecResult``.
+    ``time_share``: the share of the time left it may take (``None``: the configured one)."""
 
     code: str
+    time_share: float | None = None
 
 
 Step = CallLM | RunCode
@@ -72,6 +74,11 @@ error of that turn) refuses it; ``completion(..., schema=...)`` checks the answe
 
 #: The temperature of the turn after a repeated block, so the model does not repeat again.
 REPEAT_TEMPERATURE = 0.7
+#: Repeats of fruitless blocks a node may write (each refused) before its turns end.
+MAX_REPEATS = 1
+#: The share of the time left the opening block may take (it labels every record; the
+#: turns after it only count).
+OPENING_TIME_SHARE = 0.8
 #: Tokens kept free for a reply when compacting, when ``max_output_tokens`` is not set.
 DEFAULT_REPLY_TOKENS = 1024
 
@@ -167,13 +174,17 @@ class Loop:
     ``question`` is the node's question (its distinctive words guide the model after a
     repeated block); ``window_tokens`` is its model's window, so the history is compacted
     before it overflows (``None``: never compacted); ``answer_check`` refuses answers of
-    the wrong shape.
+    the wrong shape; ``opening`` is code run before the first turn (a strategy's first
+    step, ``rlm.core.strategy``), its code and output shown at the end of the first user
+    message.  On a profile that says so (``stop_when_stuck``), a node whose model writes a
+    fruitless block a third time has no turns left: it stops (``"errors"``) with an answer
+    extracted from what it saw.
     """
 
     def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
                  config: LoopConfig, tracer: Tracer, prompt_profile: str = "default",
                  answer_check: AnswerCheck | None = None, *, question: str | None = None,
-                 window_tokens: int | None = None) -> None:
+                 window_tokens: int | None = None, opening: str | None = None) -> None:
         self.node = node
         self.answer_check = answer_check
         self.budget = budget
@@ -190,6 +201,7 @@ class Loop:
         self.seen: list[Seen] = [Seen(0, m["content"]) for m in messages if m["role"] == "user"]
         self._verified = False
         self._shake = False
+        self.opening = opening
 
     def _request(self, purpose: str = "turn") -> CompletionRequest:
         temperature = self.config.temperature
@@ -220,6 +232,8 @@ class Loop:
         stop: StopReason = "final"
         last_prose = ""
         iterations = 0
+        if self.opening is not None:
+            yield from self._open(self.opening)
         while answer is None:
             try:
                 self.budget.start_iteration()
@@ -271,12 +285,32 @@ class Loop:
             if self.budget.tripped is not None:
                 stop = self.budget.tripped.stop_reason
                 break
-        if answer is None and stop == "max_iterations" and self.config.extract_on_limit:
+            if self._stuck():
+                self._note("stuck", repeats=self.memory.repeats)
+                stop = "errors"
+                break
+        if (answer is None and self.config.extract_on_limit
+                and (stop == "max_iterations" or self._stuck())):
             answer = yield from self._extract()
         if answer is None:
             return Outcome(last_prose, stop, iterations, None)
         return Outcome(answer.text, stop if answer.source == "extract" else "final",
                        iterations, answer.source, evidence)
+
+    def _stuck(self) -> bool:
+        return (self.memory.repeats > MAX_REPEATS
+                and prompts.profile(self.prompt_profile).stop_when_stuck)
+
+    def _open(self, code: str) -> Generator[Step, Any, None]:
+        """Run the opening block and show its code and output in the first user message."""
+        result: ExecResult = yield RunCode(code, OPENING_TIME_SHARE)
+        self._trace_exec(code, result)
+        self.memory.record(code, found_nothing(result.stdout, result.error))
+        limit = prompts.output_limit(self.prompt_profile, self.config.max_output_chars)
+        shown = prompts.shown_output(code, result, limit)
+        self.seen.append(Seen(0, shown))
+        first = self.messages[-1]
+        first["content"] = f"{first['content']}\n\n{prompts.opening_note(code, shown)}"
 
     def _run_block(self, code: str, number: int) -> Generator[Step, Any, ExecResult]:
         """Run one block of the reply, unless it repeats a block that found nothing."""

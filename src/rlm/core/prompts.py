@@ -115,8 +115,9 @@ class PromptProfile:
 
     ``default`` suits capable hosted models; ``small`` is for the embedded models of a few
     billion parameters: a shorter prompt with worked examples, short outputs (every token
-    of history costs prompt-processing time on a CPU), and a check of answers the model
-    never saw (``verify_answers``).
+    of history costs prompt-processing time on a CPU), a check of answers the model
+    never saw (``verify_answers``) and an end to a node that keeps repeating a fruitless
+    block (``stop_when_stuck``).
     """
 
     name: str
@@ -126,6 +127,7 @@ class PromptProfile:
     miss_text: str | None = None
     verify_answers: bool = False
     strategy_hints: bool = False
+    stop_when_stuck: bool = False
     #: The answers of the profile's worked examples (lower case): an answer that is one of
     #: them and in no output the model saw is refused every time (it was copied).
     example_answers: frozenset[str] = frozenset()
@@ -151,6 +153,7 @@ PROFILES = {
         ),
         verify_answers=True,
         strategy_hints=True,
+        stop_when_stuck=True,
         example_answers=frozenset({"8443", "tarn", "voss works"}),
     ),
 }
@@ -195,11 +198,14 @@ def first_user_message(
     session_names: list[str] | None = None,
     answer_format: str | None = None,
     hint: str | None = None,
+    opening: bool = False,
 ) -> str:
     """The first user message of a node: the question (if any) and what `context` is.
 
     ``answer_format`` says what shape the answer must have (``completion(schema=...)``);
-    ``hint`` names a strategy (``rlm.core.strategy``, on the small profile).
+    ``hint`` names a strategy (``rlm.core.strategy``, on the small profile); ``opening``:
+    a block runs before the first turn, and its code and output (``opening_note``) end
+    the message.
     """
     parts = []
     if session_turn:
@@ -215,8 +221,17 @@ def first_user_message(
         parts.append(f"Answer format: {answer_format}")
     if hint:
         parts.append(hint)
-    parts.append("Start by writing a ```repl block that looks at `context`.")
+    if not opening:
+        parts.append("Start by writing a ```repl block that looks at `context`.")
     return "\n\n".join(parts)
+
+
+def opening_note(code: str, shown: str) -> str:
+    """The end of the first user message when the engine ran ``code`` before turn one."""
+    return (f"```python\n{code.rstrip()}\n```\nOutput:\n{shown.rstrip()}\n\nIts variables are in "
+            "the REPL: labels[i] is the label of lines[i]. Now write a ```repl block that "
+            "answers the question from them (count or filter in code; for one user or date, "
+            "keep the pairs of zip(lines, labels) whose line matches), then call FINAL.")
 
 
 def truncate(text: str, limit: int) -> str:

@@ -8,13 +8,24 @@ answer hangs on a label the records do not spell out is answered by labelling th
 with ``llm_map`` and counting in code (a count of what is written is plain code); a question whose
 answer hangs on another fact (the city of the company that built X) is answered in two
 searches.  Other questions get no hint (a plain search).
+
+When the question lists its labels ("one of these labels: a (...), b (...)") and the
+records are lines, the labelling is a block that needs no filling in, and the engine runs
+it before the first turn (``Plan.opening``; the model sees its code and output): a model
+of 1.5B parameters told to run such a block still wrote a search for a label's name nine
+times over.  The labels become the ``Literal``, the list that gives them the instruction,
+and when every line holds the same fields (``Date: ... || User: ... || Text: ...``) only
+the field with the most varied text is labelled (the text to judge, not the dates and IDs
+around it).  One record per call: the 1.5B model labels 87 of 96 records right that way,
+30 of 96 four to a call.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-__all__ = ["HINTS", "strategy", "strategy_hint"]
+__all__ = ["HINTS", "Plan", "label_set", "plan", "record_field", "strategy"]
 
 _RECORDS = re.compile(
     r"\b(how many|count|number of|most common|least common|more common|less common|"
@@ -51,6 +62,91 @@ HINTS = {
 }
 
 
+_LISTED = re.compile(r"\b(?:labels?|categories|classes|one of)\b[^.:]{0,40}:\s*", re.IGNORECASE)
+_SEPARATORS = (" || ", " | ", "\t", ";", ",")
+
+
+def _without_parentheses(text: str) -> str:
+    out, depth = [], 0
+    for char in text:
+        depth += char == "("
+        if not depth:
+            out.append(char)
+        depth -= char == ")" and depth > 0
+    return "".join(out)
+
+
+def label_set(question: str) -> tuple[str, tuple[str, ...]] | None:
+    """The list of labels ``question`` gives (as written, with any definitions) and the
+    labels alone, if it gives one."""
+    found = _LISTED.search(question)
+    if found is None:
+        return None
+    rest, depth, end = question[found.end():], 0, None
+    for i, char in enumerate(rest):  # the list ends at the first full stop outside (...)
+        depth += (char == "(") - (char == ")")
+        if char == "." and depth <= 0 and (i + 1 == len(rest) or rest[i + 1] in " \n"):
+            end = i
+            break
+    listed = rest[:end]
+    parts = re.split(r",|\bor\b|\band\b", _without_parentheses(listed))
+    labels = tuple(dict.fromkeys(p.strip(" '\"`") for p in parts if p.strip(" '\"`")))
+    if len(labels) < 2 or any(len(label.split()) > 3 for label in labels):
+        return None
+    return listed.strip(), labels
+
+
+def record_field(lines: list[str]) -> tuple[str, int] | None:
+    """``(separator, index)`` of the field to label when the lines hold the same fields."""
+    sample = [line for line in lines[:200] if line.strip()]
+    if len(sample) < 5:
+        return None
+    for sep in _SEPARATORS:
+        widths = [line.count(sep) for line in sample]
+        if widths[0] and widths.count(widths[0]) >= 0.9 * len(sample):
+            fields = [line.split(sep) for line in sample if line.count(sep) == widths[0]]
+            variety = [len({row[k] for row in fields}) * sum(len(row[k]) for row in fields)
+                       for k in range(widths[0] + 1)]
+            return sep, variety.index(max(variety))
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A strategy for one question: ``hint`` for the first user message and, when the
+    engine takes the first step itself, the ``opening`` code it runs before the first turn."""
+
+    name: str
+    hint: str
+    opening: str | None = None
+
+
+OPENING_HINT = (
+    "Hint: this question is about every record, so every record was labelled with llm_map "
+    "before your first turn (searching for a label's name finds only the records that "
+    "happen to contain that word). The block that did it and its output follow.")
+
+
+def labelling_block(question: str, context: object) -> str | None:
+    """The block that labels every record, when the question lists the labels."""
+    listed = label_set(question)
+    lines = context.split("\n") if isinstance(context, str) else []
+    if listed is None or len([line for line in lines if line.strip()]) < 2:
+        return None
+    written, labels = listed
+    where = record_field(lines)
+    pick = "" if where is None else (
+        f"items = [line.split({where[0]!r})[{where[1]}].split(\": \", 1)[-1] for line in "
+        "lines]  # the part of each record to label\n")
+    instruction = f"Which label fits this text? The labels: {written}."
+    return ("from collections import Counter\n"
+            "lines = [line for line in context.split(\"\\n\") if line.strip()]\n"
+            f"{pick}"
+            f"labels = llm_map({instruction!r}, {'items' if pick else 'lines'}, "
+            f"schema=Literal[{', '.join(repr(label) for label in labels)}], per_call=1)\n"
+            "print(Counter(labels))\n")
+
+
 def strategy(question: str | None, *, sub_calls: bool = True) -> str | None:
     """``"records"``, ``"two-step"`` or ``None`` (a plain search) for ``question``."""
     if not question:
@@ -62,7 +158,12 @@ def strategy(question: str | None, *, sub_calls: bool = True) -> str | None:
     return None
 
 
-def strategy_hint(question: str | None, *, sub_calls: bool = True) -> str | None:
-    """The hint for the first user message, if the question's wording calls for one."""
+def plan(question: str | None, context: object = None, *, sub_calls: bool = True
+         ) -> Plan | None:
+    """The strategy for ``question`` over ``context``, if its wording calls for one."""
     chosen = strategy(question, sub_calls=sub_calls)
-    return None if chosen is None else HINTS[chosen]
+    if chosen == "records" and question:
+        opening = labelling_block(question, context)
+        if opening is not None:
+            return Plan(chosen, OPENING_HINT, opening)
+    return None if chosen is None else Plan(chosen, HINTS[chosen])
