@@ -11,12 +11,13 @@ if [ "$(id -u)" = 0 ]; then  # the "sandbox" and "gvisor" environments: bubblewr
   missing=""
   command -v bwrap >/dev/null || missing="$missing bubblewrap"
   command -v runsc >/dev/null || missing="$missing runsc"
+  command -v chromium >/dev/null || missing="$missing chromium"  # the trace viewer's tests
   if [ -n "$missing" ]; then
     apt-get update -qq && apt-get install -y -qq $missing >/dev/null
   fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide,serve,mcp]'
+.venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide,serve,mcp,anthropic,gemini,otel]'
 .venv/bin/ruff check src tests benchmarks examples
 # The "docker" environment's engine: started here, stopped on exit.
 bash scripts/docker-engine.sh start || true; trap 'bash scripts/docker-engine.sh stop' EXIT

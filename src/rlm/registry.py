@@ -37,6 +37,17 @@ _BACKENDS: dict[str, Any] = {
     "local": "rlm.backends.local:LocalBackend",
     "openai": "rlm.backends.openai_compat:OpenAIBackend",
     "scripted": "rlm.backends.scripted:ScriptedBackend",
+    "anthropic": "rlm.backends.anthropic_messages:AnthropicBackend",
+    "gemini": "rlm.backends.gemini_genai:GeminiBackend",
+    "openrouter": "rlm.backends.preset_backends:OpenRouterBackend",
+    "groq": "rlm.backends.preset_backends:GroqBackend",
+    "together": "rlm.backends.preset_backends:TogetherBackend",
+    "deepseek": "rlm.backends.preset_backends:DeepSeekBackend",
+    "fireworks": "rlm.backends.preset_backends:FireworksBackend",
+    "azure": "rlm.backends.preset_backends:AzureOpenAIBackend",
+    "vllm": "rlm.backends.preset_backends:VLLMBackend",
+    "ollama": "rlm.backends.preset_backends:OllamaBackend",
+    "llamacpp": "rlm.backends.preset_backends:LlamaCppServerBackend",
 }
 _ENVIRONMENTS: dict[str, Any] = {
     "local": "rlm.environments.local:LocalEnvironment",

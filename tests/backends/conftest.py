@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rlm.backends import openai_compat
 from rlm.backends.openai_compat import OpenAIBackend
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -34,3 +35,22 @@ def openai_backend(fake_openai: FakeOpenAIServer) -> Iterator[Callable[..., Open
     yield make
     for backend in made:
         backend.close()
+
+
+#: Keys and endpoints of the services added after ``tests/conftest.py``'s list.
+MORE_PROVIDER_VARS = ("TOGETHER_API_KEY", "DEEPSEEK_API_KEY", "FIREWORKS_API_KEY",
+                      "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "GEMINI_API_KEY",
+                      "GOOGLE_API_KEY", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def clean_more_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No backend test sees a real key or endpoint of these services either."""
+    for name in MORE_PROVIDER_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def remote_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Treat 127.0.0.1 as a remote host, to test keys and prices against the fake server."""
+    monkeypatch.setattr(openai_compat, "LOCAL_HOSTS", frozenset())

@@ -1,8 +1,9 @@
 """The contract of ``rlm.backends.base.LMBackend``, checked the same way for every backend.
 
-Subjects: ``scripted``, ``openai`` (against ``tests/fakes/openai_server.py``) and ``local``
-(the embedded model, marker ``model``).  No test here names an implementation: what
-differs is only how each subject is built (``Subject``).
+Subjects: ``scripted``, ``openai`` (against ``tests/fakes/openai_server.py``),
+``anthropic`` and ``gemini`` (their SDKs against ``tests/fakes/anthropic_server.py`` and
+``gemini_server.py``) and ``local`` (the embedded model, marker ``model``).  No test here
+names an implementation: what differs is only how each subject is built (``Subject``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from rlm.backends.openai_compat import OpenAIBackend
 from rlm.backends.scripted import ScriptedBackend
 from rlm.errors import BackendError, Cancelled
 from rlm.types import Completion, CompletionRequest, Message
+from tests.fakes.anthropic_server import FakeAnthropicServer, text_of
+from tests.fakes.gemini_server import FakeGeminiServer
 from tests.fakes.openai_server import FakeOpenAIServer
 
 #: How long a "slow" call takes when nothing cancels it; a cancelled one ends long before.
@@ -102,6 +105,64 @@ def _openai(runner: asyncio.Runner) -> Iterator[Subject]:
             runner.run(backend.aclose())  # where its async client was opened
 
 
+def _anthropic(runner: asyncio.Runner) -> Iterator[Subject]:
+    from rlm.backends.anthropic_messages import AnthropicBackend
+
+    def reply(body: dict[str, Any]) -> str:
+        return f"echo: {text_of(body['messages'][-1]['content'])}"
+
+    with FakeAnthropicServer(reply=reply) as fake:
+        made: list[LMBackend] = []
+
+        def make() -> LMBackend:
+            backend = AnthropicBackend("claude-sonnet-4", base_url=fake.base_url,
+                                       backoff_s=0.01, api_key="sk-ant-contract-secret")
+            made.append(backend)
+            return backend
+
+        def slow(cancel: threading.Event) -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(delay_s=SLOW_S)
+            return shared, ask("Say hello.", cancel=cancel)
+
+        def failing() -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(status=400)
+            return shared, ask("refused")
+
+        shared = make()
+        yield Subject(backend=shared, fresh=make, slow=slow, failing=failing, run=runner.run)
+        for backend in made:
+            backend.close()
+
+
+def _gemini(runner: asyncio.Runner) -> Iterator[Subject]:
+    from rlm.backends.gemini_genai import GeminiBackend
+
+    def reply(body: dict[str, Any]) -> str:
+        return f"echo: {body['contents'][-1]['parts'][0]['text']}"
+
+    with FakeGeminiServer(reply=reply) as fake:
+        made: list[LMBackend] = []
+
+        def make() -> LMBackend:
+            backend = GeminiBackend("gemini-2.5-flash", base_url=fake.base_url,
+                                    backoff_s=0.01, api_key="AIza-contract-secret")
+            made.append(backend)
+            return backend
+
+        def slow(cancel: threading.Event) -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(delay_s=SLOW_S)
+            return shared, ask("Say hello.", cancel=cancel)
+
+        def failing() -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(status=400)
+            return shared, ask("refused")
+
+        shared = make()
+        yield Subject(backend=shared, fresh=make, slow=slow, failing=failing, run=runner.run)
+        for backend in made:
+            backend.close()
+
+
 def _local(request: pytest.FixtureRequest, runner: asyncio.Runner) -> Iterator[Subject]:
     from rlm.backends.local import LocalBackend
 
@@ -127,7 +188,7 @@ def _local(request: pytest.FixtureRequest, runner: asyncio.Runner) -> Iterator[S
         backend.close()
 
 
-@pytest.fixture(params=["scripted", "openai",
+@pytest.fixture(params=["scripted", "openai", "anthropic", "gemini",
                         pytest.param("local", marks=[pytest.mark.model, pytest.mark.slow])])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     with asyncio.Runner() as runner:
@@ -135,6 +196,10 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
             yield from _scripted(runner)
         elif request.param == "openai":
             yield from _openai(runner)
+        elif request.param == "anthropic":
+            yield from _anthropic(runner)
+        elif request.param == "gemini":
+            yield from _gemini(runner)
         else:
             yield from _local(request, runner)
 

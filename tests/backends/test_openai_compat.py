@@ -11,8 +11,9 @@ import time
 import pytest
 
 from rlm import RLM
-from rlm.backends import openai_compat
+from rlm.backends import openai_compat, prices
 from rlm.backends.openai_compat import OpenAIBackend
+from rlm.backends.prices import Price
 from rlm.errors import (
     BackendConnectionError,
     BackendTimeoutError,
@@ -29,12 +30,6 @@ from tests.fakes.openai_server import FakeOpenAIServer
 
 def ask(text: str = "What is 2+2?", **kwargs) -> CompletionRequest:
     return CompletionRequest(messages=[{"role": "user", "content": text}], **kwargs)
-
-
-@pytest.fixture
-def remote_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Treat 127.0.0.1 as a remote host, to test keys and prices against the fake server."""
-    monkeypatch.setattr(openai_compat, "LOCAL_HOSTS", frozenset())
 
 
 # -- completions and usage --------------------------------------------------------------------
@@ -89,11 +84,13 @@ def test_malformed_response_is_bad_response(fake_openai, openai_backend, body):
 def test_cost_from_the_price_table(fake_openai, openai_backend, remote_loopback):
     fake_openai.enqueue("ok", usage=(1000, 2000))
     backend = openai_backend(model="gpt-4o-mini", api_key="sk-test")
-    assert backend.price_per_mtok == (0.15, 0.60)
+    assert backend.price_per_mtok == Price(0.15, 0.60, cache_read=0.075)
     completion = backend.complete(ask())
     assert completion.cost_usd == pytest.approx((1000 * 0.15 + 2000 * 0.60) / 1e6)
-    request = ask("z" * 4000, max_output_tokens=4096)  # 1000 tokens in, output capped at 1024
-    assert backend.estimate_cost(request) == pytest.approx((1000 * 0.15 + 1024 * 0.60) / 1e6)
+    request = ask("z" * 4000, max_output_tokens=4096)  # 1000 tokens in, the reply's cap out
+    assert backend.estimate_cost(request) == pytest.approx((1000 * 0.15 + 4096 * 0.60) / 1e6)
+    uncapped = ask("z" * 4000)  # no cap: 1,024 tokens (the handler prices it as it learns)
+    assert backend.estimate_cost(uncapped) == pytest.approx((1000 * 0.15 + 1024 * 0.60) / 1e6)
 
 
 def test_cost_from_price_per_mtok(fake_openai, openai_backend):
@@ -106,7 +103,9 @@ def test_cost_from_price_per_mtok(fake_openai, openai_backend):
 
 def test_dated_model_names_use_the_table():
     backend = OpenAIBackend(model="gpt-4o-2024-08-06", api_key="sk-test")
-    assert backend.price_per_mtok == openai_compat.PRICES_PER_MTOK["gpt-4o"]
+    assert backend.price_per_mtok == prices.lookup("openai", "gpt-4o")
+    assert (backend.price_per_mtok.input, backend.price_per_mtok.output) == \
+        openai_compat.PRICES_PER_MTOK["gpt-4o"] == (2.50, 10.0)
     backend.close()
 
 

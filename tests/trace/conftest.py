@@ -1,9 +1,11 @@
-"""Fixtures for the console view: rich consoles writing to a string, and a nested run."""
+"""Fixtures: rich consoles writing to a string, a nested run, and a headless browser."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 from collections.abc import Callable
 
 import pytest
@@ -58,3 +60,36 @@ def nested_replies() -> Callable[[list[Message], int], str]:
         return "plain sub-call reply"
 
     return reply
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's ``chromium``) driven by Playwright; skipped when absent
+    locally, a failure under CI (``CI`` set), which must run the browser tests."""
+    def missing(reason: str) -> None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        missing("chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable,
+                                              args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab; the test fails on any JavaScript error the page raises."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert not errors, errors

@@ -1,7 +1,8 @@
 """A backend for any OpenAI-compatible chat-completions server, built on ``httpx``.
 
 Works with OpenAI itself and with servers that speak the same API: vLLM, Ollama, llama.cpp
-server, OpenRouter, Groq.  ``provider=...`` picks a preset base URL and key variable.
+server, OpenRouter, Groq...  ``provider=...`` picks a preset (``rlm.backends.presets``): base
+URL, key variable and price section (``rlm.backends.prices``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 
 from rlm.backends.base import LMBackend, resolve_key
+from rlm.backends.presets import PRESETS, cached_tokens, reported_cost
+from rlm.backends.prices import Price, PriceSpec, entries, lookup, price_of
 from rlm.errors import (
     BackendConnectionError,
     BackendError,
@@ -34,30 +36,11 @@ from rlm.types import Completion, CompletionRequest, estimate_tokens
 
 __all__ = ["LOCAL_HOSTS", "PRESETS", "PRICES_PER_MTOK", "OpenAIBackend"]
 
-#: provider -> (default base URL, API key environment variable or None if keyless).
-PRESETS: dict[str, tuple[str, str | None]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "vllm": ("http://127.0.0.1:8000/v1", None),
-    "ollama": ("http://127.0.0.1:11434/v1", None),
-    "llamacpp": ("http://127.0.0.1:8080/v1", None),
-}
-
-#: USD per million (input, output) tokens of well-known OpenAI models.
+#: USD per million (input, output) tokens of well-known OpenAI models (the price table's).
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
-    "gpt-5": (1.25, 10.0),
-    "gpt-5-mini": (0.25, 2.0),
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-4.1": (2.0, 8.0),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4o": (2.50, 10.0),
-    "gpt-4o-mini": (0.15, 0.60),
-}
+    model: (price.input, price.output) for model, price in entries("openai")}
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _MAX_RETRY_AFTER_S = 60.0
 _ERROR_CHARS = 200
 #: How often a request in flight looks at ``request.cancel``.
@@ -156,16 +139,18 @@ class _Attempts:
 class OpenAIBackend(LMBackend):
     """Chat completions from an OpenAI-compatible server (``POST {base_url}/chat/completions``).
 
-    The API key is ``api_key``, else the provider's environment variable; servers on
-    localhost need none.  The price comes from ``price_per_mtok`` (USD per million input and
-    output tokens), else the built-in table of OpenAI models (0.0 on localhost); an unknown
-    price gives ``cost_usd=None``.  429, 5xx and connection errors are retried
-    ``max_retries`` times with exponential backoff (``Retry-After`` is honoured).  When the
-    call tree stops (``request.cancel``: a cancel, ``max_timeout``), a request in flight or
-    a retry's wait ends at once with ``Cancelled``, so the run ends with the tree's stop
-    reason instead of waiting for the provider.  A typed sub-call's ``response_schema`` goes
-    out as ``response_format`` (``json_schema``, not strict) while ``structured_output`` is
-    true; a server that answers HTTP 400 about it gets the request again without it, and
+    The API key is ``api_key``, else the provider's environment variable; servers on localhost
+    need none. The price comes from ``price_per_mtok`` (a ``Price`` or ``(input, output[,
+    cache_write, cache_read])`` USD per million tokens), else the price table's section of the
+    provider (0.0 on localhost); an unknown price gives ``cost_usd=None``. Cached prompt tokens
+    the server reports are charged at the cache-read price; a provider that reports each call's
+    cost (OpenRouter's ``usage.cost``) is charged that. 429, 5xx and connection errors are
+    retried ``max_retries`` times with exponential backoff (``Retry-After`` is honoured). When
+    the call tree stops (``request.cancel``: a cancel, ``max_timeout``), a request in flight or
+    a retry's wait ends at once with ``Cancelled``, so the run ends with the tree's stop reason
+    instead of waiting for the provider. A typed sub-call's ``response_schema`` goes out as
+    ``response_format`` (``json_schema``, not strict) while ``structured_output`` is true; a
+    server that answers HTTP 400 about it gets the request again without it, and
     ``structured_output`` turns false for the calls after.
     """
 
@@ -182,7 +167,7 @@ class OpenAIBackend(LMBackend):
         timeout_s: float = 120.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
-        price_per_mtok: tuple[float, float] | None = None,
+        price_per_mtok: PriceSpec | None = None,
         extra_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         structured_output: bool = True,
@@ -192,32 +177,32 @@ class OpenAIBackend(LMBackend):
         if not (_finite(timeout_s) and timeout_s > 0 and _finite(backoff_s) and backoff_s >= 0
                 and isinstance(max_retries, int) and max_retries >= 0):
             raise ConfigError("timeout_s must be > 0; max_retries and backoff_s must be >= 0")
-        if price_per_mtok is not None and not (
-                isinstance(price_per_mtok, tuple | list) and len(price_per_mtok) == 2
-                and all(_finite(p) and p >= 0 for p in price_per_mtok)):
-            raise ConfigError("price_per_mtok must be two finite USD prices >= 0 (input, output)"
-                              f", got {price_per_mtok!r}")
-        default_url, key_env = PRESETS[provider or "openai"]
+        price = None if price_per_mtok is None else price_of(price_per_mtok)
+        self.preset = preset = PRESETS[provider or "openai"]
+        key_env = preset.key_env
         self.model_name = model
-        self.provider = provider or "openai"
-        self.base_url = (base_url or default_url).rstrip("/")
+        self.provider = preset.name
+        self.base_url = preset.url(base_url)
         url = httpx.URL(self.base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         self.is_local = url.host in LOCAL_HOSTS
         self._where = f"{self.name} backend ({self.base_url})"
-        if self.is_local:
+        if self.is_local or preset.local:  # a self-hosted server needs no key
             self.api_key = api_key or (os.environ.get(key_env) if key_env else None) or None
         else:
             self.api_key = resolve_key(api_key, key_env, backend=provider or self.name)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        known = (0.0, 0.0) if self.is_local else PRICES_PER_MTOK.get(_DATED.sub("", model))
-        self.price_per_mtok = price_per_mtok or known
+        known = Price(0.0, 0.0) if self.is_local or preset.local \
+            else lookup(preset.prices, model)
+        self.price_per_mtok: Price | None = price or known
         self.extra_body = dict(extra_body or {})
         self.structured_output = structured_output
-        self._headers = {**({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+        auth = {} if not self.api_key else {preset.key_header: self.api_key} \
+            if preset.key_header else {"Authorization": f"Bearer {self.api_key}"}
+        self._headers = {**auth,
                          **(headers or {})}
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -341,7 +326,7 @@ class OpenAIBackend(LMBackend):
         try:
             # Completion checks the usage (whole, non-negative, bounded: rlm.types), so a
             # server reporting negative, NaN, infinite or absurd counts raises here and is
-            # never charged; its ``usage.cost`` is ignored, the price comes from our table.
+            # never charged; ``usage.cost`` is read only from a preset that reports costs.
             completion = Completion(
                 text=text,
                 model=model if isinstance(model, str) and model else self.model_name,
@@ -350,18 +335,20 @@ class OpenAIBackend(LMBackend):
                 output_tokens=estimate_tokens(len(text)) if output_tokens is None
                 else output_tokens,
                 latency_s=time.monotonic() - started,
+                cached_input_tokens=cached_tokens(usage),
             )
-            return replace(completion, cost_usd=self._cost(completion.input_tokens,
-                                                           completion.output_tokens))
+            cost = reported_cost(usage) if self.preset.reports_cost else None
+            return replace(completion, cost_usd=cost if cost is not None else self._cost(
+                completion.input_tokens, completion.output_tokens,
+                completion.cached_input_tokens))
         except BadResponseError as exc:
             raise BadResponseError(self._scrub(f"{self._where}: {exc}"),
                                    status_code=response.status_code) from exc
 
-    def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
+    def _cost(self, input_tokens: int, output_tokens: int, cached: int = 0) -> float | None:
         if self.price_per_mtok is None:
             return None
-        price_in, price_out = self.price_per_mtok
-        return (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+        return self.price_per_mtok.cost(input_tokens, output_tokens, cache_read_tokens=cached)
 
     # -- the two I/O paths ------------------------------------------------------------------
     def _settle(self, outcome: httpx.Response | BackendError, attempts: _Attempts,
@@ -482,7 +469,7 @@ class OpenAIBackend(LMBackend):
 
     # -- LMBackend extras -------------------------------------------------------------------
     def estimate_cost(self, request: CompletionRequest) -> float | None:
-        output = min(request.max_output_tokens or 1024, 1024)
+        output = request.max_output_tokens or 1024  # the reply's cap, when the call sets one
         return self._cost(estimate_tokens(request.prompt_chars), output)
 
     def secrets(self) -> list[str]:

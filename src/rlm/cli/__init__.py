@@ -1,7 +1,8 @@
 """The ``rlm`` command line: the click group, the error -> exit-code mapping and ``main``.
 
-Commands live in ``run.py`` (``rlm run``), ``bench.py``, ``demo.py`` and ``listing.py``
-(``rlm backends``, ``rlm envs``, ``rlm trace show``); ``backend_flags.py`` turns the backend
+Commands live in ``run.py`` (``rlm run``), ``bench.py``, ``demo.py``, ``listing.py``
+(``rlm backends``, ``rlm envs``), ``trace.py`` (``rlm trace show|view|html``,
+``rlm replay``) and ``models.py`` (``rlm models``); ``backend_flags.py`` turns the backend
 flags they share into backend arguments.  Every ``RLMError`` is caught once, here, and
 printed as one ``Error: ...`` line on stderr with the exception's ``exit_code`` (2 for
 configuration errors, 3 for limits, 1 otherwise).  ``RLM_DEBUG=1`` re-raises unexpected exceptions.
@@ -17,10 +18,12 @@ import click
 import rlm
 from rlm.cli.bench import bench
 from rlm.cli.demo import demo
-from rlm.cli.listing import backends, envs, trace
+from rlm.cli.listing import backends, envs
 from rlm.cli.mcp import mcp
+from rlm.cli.models import models
 from rlm.cli.run import run
 from rlm.cli.serve import serve
+from rlm.cli.trace import replay, trace
 from rlm.errors import RLMError
 
 __all__ = ["cli", "main"]
@@ -70,7 +73,7 @@ def cli() -> None:
     """Recursive Language Models: answer questions over inputs of any size."""
 
 
-for _command in (run, bench, demo, backends, envs, trace, serve, mcp):
+for _command in (run, bench, demo, backends, envs, trace, replay, serve, mcp, models):
     cli.add_command(_command)
 
 

@@ -123,18 +123,37 @@ class LMHandler:
 
     # -- charged LM calls -------------------------------------------------------------------
     def _prepare(self, request: CompletionRequest, node: NodeRef, purpose: str,
-                 backend: LMBackend | None) -> _Call:
-        """Check the limits and reserve the call's estimate (released or committed later)."""
+                 backend: LMBackend | None, *, wait: bool = True) -> _Call:
+        """Check the limits and reserve the call's estimate (released or committed later).
+
+        With ``wait`` (every caller but the async path, which must not block its event
+        loop), a call that only lacks room held by calls in flight waits for their refunds.
+        """
         backend = backend or self.router.for_depth(request.depth)
         self.budget.check()
         left = self.budget.time_left_s()
         timeout = request.timeout_s if left is None else min(left, request.timeout_s or left)
-        # The request the backend gets is the one estimated: its prompt is measured once.
         request = replace(request, timeout_s=timeout, cancel=self.budget.cancel_event)
-        reservation = self.budget.reserve(
-            backend.estimate_cost(request), backend.estimate_tokens(request)
-        )
+        priced = [request]
+
+        def estimate() -> float | None:  # asked again after each wait for room
+            priced[0] = self._priced(backend, request)
+            return backend.estimate_cost(priced[0])
+
+        reservation = self.budget.reserve(estimate, backend.estimate_tokens(request), wait=wait)
+        if self.budget.limits.max_budget is not None:
+            request = priced[0]  # the reply is capped at what was reserved: no overspend
         return _Call(backend, request, reservation, node, purpose, time.monotonic())
+
+    def _priced(self, backend: LMBackend, request: CompletionRequest) -> CompletionRequest:
+        """``request`` with the reply length it is priced at: its own ``max_output_tokens``,
+        else what the run's replies suggest (``Budget.output_allowance``).  Under a
+        ``max_budget`` the backend gets this request, so no reply costs more than its
+        reservation."""
+        if request.max_output_tokens is not None:
+            return request
+        return replace(request, max_output_tokens=self.budget.output_allowance(
+            backend.model_name))
 
     def _charged(self, call: _Call, completion: Completion) -> Completion:
         self.budget.commit(call.reservation, completion, call.backend.model_name)
@@ -184,8 +203,8 @@ class LMHandler:
 
     async def acomplete(self, request: CompletionRequest, node: NodeRef, *,
                         purpose: str = "turn", backend: LMBackend | None = None) -> Completion:
-        """The async twin of ``complete``."""
-        call = self._prepare(request, node, purpose, backend)
+        """The async twin of ``complete`` (a call that does not fit is refused at once)."""
+        call = self._prepare(request, node, purpose, backend, wait=False)
         try:
             completion = await call.backend.acomplete(call.request)
         except BaseException as exc:
@@ -255,7 +274,7 @@ class LMHandler:
                    schema: dict[str, Any] | None = None, purpose: str = "llm_query") -> Any:
         backend = self.router.named(model) if model else None
         text = str(prompt)
-        if schema is not None:
+        if schema is not None and schemas.format_instruction(schema) not in text:
             text += "\n\n" + schemas.format_instruction(schema)
         messages: list[Message] = [{"role": "user", "content": text}]
         reply = self._ask(messages, node, purpose, backend, schema)

@@ -35,6 +35,14 @@ __all__ = ["MAX_TIMEOUT_S", "Budget", "Limits", "Reservation"]
 
 #: The longest ``max_timeout`` accepted (seconds): longer ones overflow OS timers.
 MAX_TIMEOUT_S = 1e9
+#: What a call that sets no ``max_output_tokens`` reserves for its reply: ``_OUTPUT_MARGIN``
+#: times the longest reply its model gave in this run, within ``[_OUTPUT_FLOOR,
+#: _OUTPUT_CAP]``; ``_OUTPUT_CAP`` before the model's first reply.
+_OUTPUT_MARGIN = 4
+_OUTPUT_FLOOR = 128
+_OUTPUT_CAP = 1024
+#: How often a call waiting for room looks again (it is also woken by every refund).
+_ROOM_POLL_S = 0.1
 _COUNTS = ("max_depth", "max_iterations", "max_tokens", "max_errors")
 
 
@@ -127,7 +135,10 @@ class Budget:
 
     Parent and children hold the same ``Budget``: every LM call reserves its estimated cost
     and tokens before it starts (so parallel children cannot each spend "the remainder"),
-    then commits what it really cost.  The first limit reached *trips* the ledger: the
+    then commits what it really cost and the rest of the reservation is refunded.  The
+    estimate of a reply's length is the call's ``max_output_tokens`` when it sets one,
+    else ``output_allowance``: learned from the run's own replies, so that a budget that
+    fits N calls makes about N calls.  The first limit reached *trips* the ledger: the
     reason is remembered and ``cancel_event`` is set, so every node stops at its next step.
     """
 
@@ -137,6 +148,8 @@ class Budget:
         self.limits = limits
         self._clock = clock
         self._lock = threading.Lock()
+        #: Notified whenever room is given back (a commit, a release) or the tree stops.
+        self._room = threading.Condition(self._lock)
         self.started = clock()
         self.deadline = None if limits.max_timeout is None else self.started + limits.max_timeout
         self.cost_usd = 0.0
@@ -146,6 +159,7 @@ class Budget:
         self.usage: dict[str, ModelUsage] = {}
         self._reserved_cost = 0.0
         self._reserved_tokens = 0
+        self._longest_output: dict[str, int] = {}
         self.tripped: LimitExceeded | Cancelled | None = None
         self.cancel_event = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
@@ -188,6 +202,7 @@ class Budget:
             if first:
                 self.tripped = reason
             callbacks = list(self._on_stop) if first else []
+            self._room.notify_all()
         self.cancel_event.set()
         for callback in callbacks:
             with contextlib.suppress(Exception):  # one broken callback must not stop others
@@ -244,41 +259,66 @@ class Budget:
             ))
 
     # -- money and tokens -------------------------------------------------------------------
-    def reserve(self, cost_usd: float | None, tokens: int) -> Reservation:
+    def reserve(self, cost_usd: float | Callable[[], float | None] | None, tokens: int, *,
+                wait: bool = False) -> Reservation:
         """Hold room for a call estimated at ``cost_usd`` and ``tokens``, or refuse it.
 
         The estimates come from the backend: ``None``, NaN or a negative number counts as
         0, and each is capped at what one call may report (``MAX_COST_PER_CALL_USD``,
-        ``MAX_TOKENS_PER_CALL``), so a bad estimate can never corrupt the ledger.
+        ``MAX_TOKENS_PER_CALL``), so a bad estimate can never corrupt the ledger.  With
+        ``wait``, a call that does not fit only because of room held by calls in flight
+        waits for them to settle (their refunds may make room) instead of being refused;
+        it is refused once nothing is in flight, or when the tree stops.  ``cost_usd`` may
+        be a function, asked again after each wait (what the run learned may lower it).
         """
         self.check()
-        cost, tokens = _estimate(cost_usd, MAX_COST_PER_CALL_USD), int(
-            _estimate(tokens, MAX_TOKENS_PER_CALL))
+        tokens = int(_estimate(tokens, MAX_TOKENS_PER_CALL))
+        while True:
+            cost = _estimate(cost_usd() if callable(cost_usd) else cost_usd,
+                             MAX_COST_PER_CALL_USD)
+            with self._lock:
+                exc = self._refusal_locked(cost, tokens)
+                held = self._reserved_cost > 0 or self._reserved_tokens > 0
+                if exc is None:
+                    self._reserved_cost += cost
+                    self._reserved_tokens += tokens
+                    self._in_flight += 1
+                    return Reservation(cost, tokens)
+                if not (wait and held) or self.tripped is not None:
+                    break
+                self._room.wait(_ROOM_POLL_S)
+        # Refused while no room is held in flight: no later call can fit either.
+        if not held:
+            self.trip(exc)
+        self.check()  # the tree stopped while this call waited: say why
+        raise exc
+
+    def _refusal_locked(self, cost: float, tokens: int) -> LimitExceeded | None:
+        """The limit a call of ``cost`` and ``tokens`` would pass now, if any."""
+        limit_usd, limit_tok = self.limits.max_budget, self.limits.max_tokens
+        if limit_usd is not None and self.cost_usd + self._reserved_cost + cost > limit_usd:
+            return BudgetExceeded(
+                f"max_budget of ${limit_usd:g} would be exceeded: spent "
+                f"${self.cost_usd:.6g}, in flight ${self._reserved_cost:.6g}, "
+                f"next call ~${cost:.6g}"
+            )
+        if limit_tok is not None and self.tokens + self._reserved_tokens + tokens > limit_tok:
+            return TokenLimitExceeded(
+                f"max_tokens of {limit_tok} would be exceeded: used {self.tokens}, "
+                f"in flight {self._reserved_tokens}, next call ~{tokens}"
+            )
+        return None
+
+    def output_allowance(self, key: str) -> int:
+        """Output tokens to reserve for a call of model ``key`` that sets no
+        ``max_output_tokens``: four times its longest reply in this run, from 128 to 1,024
+        tokens (1,024 before its first reply).  Under a ``max_budget`` the call's reply is
+        capped at it (``LMHandler``), so the budget stays exact."""
         with self._lock:
-            limit_usd, limit_tok = self.limits.max_budget, self.limits.max_tokens
-            if limit_usd is not None and self.cost_usd + self._reserved_cost + cost > limit_usd:
-                exc: LimitExceeded | None = BudgetExceeded(
-                    f"max_budget of ${limit_usd:g} would be exceeded: spent "
-                    f"${self.cost_usd:.6g}, in flight ${self._reserved_cost:.6g}, "
-                    f"next call ~${cost:.6g}"
-                )
-            elif limit_tok is not None and self.tokens + self._reserved_tokens + tokens > limit_tok:
-                exc = TokenLimitExceeded(
-                    f"max_tokens of {limit_tok} would be exceeded: used {self.tokens}, "
-                    f"in flight {self._reserved_tokens}, next call ~{tokens}"
-                )
-            else:
-                exc = None
-                self._reserved_cost += cost
-                self._reserved_tokens += tokens
-                self._in_flight += 1
-            held = self._reserved_cost > 0 or self._reserved_tokens > 0
-        if exc is not None:
-            # Refused while no room is held in flight: no later call can fit either.
-            if not held:
-                self.trip(exc)
-            raise exc
-        return Reservation(cost, tokens)
+            longest = self._longest_output.get(key)
+        if longest is None:
+            return _OUTPUT_CAP
+        return max(_OUTPUT_FLOOR, min(_OUTPUT_CAP, _OUTPUT_MARGIN * longest))
 
     def commit(self, reservation: Reservation, completion: Completion, key: str) -> None:
         """Record what a call really cost and release its reservation.
@@ -297,6 +337,8 @@ class Budget:
             self.cost_usd += completion.cost_usd or 0.0
             self.tokens += completion.total_tokens
             self.usage.setdefault(key, ModelUsage()).add(completion)
+            self._longest_output[key] = max(self._longest_output.get(key, 0),
+                                            completion.output_tokens)
             over_usd = (self.limits.max_budget is not None
                         and self.cost_usd >= self.limits.max_budget)
             over_tok = (self.limits.max_tokens is not None
@@ -319,6 +361,7 @@ class Budget:
             self._in_flight -= 1
             if self._in_flight <= 0:  # no float residue once nothing is in flight
                 self._in_flight, self._reserved_cost, self._reserved_tokens = 0, 0.0, 0
+            self._room.notify_all()
 
     # -- reporting --------------------------------------------------------------------------
     def usage_snapshot(self) -> dict[str, ModelUsage]:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EVENT_TYPES", "TraceEvent"]
+__all__ = ["EVENT_TYPES", "SCHEMA_VERSION", "TraceEvent"]
+
+#: The trace format this rlm writes, ``"MAJOR.MINOR"`` (docs/trace-format.md, version
+#: history).  A new minor version only adds fields or event types; a new major one changes
+#: or removes something a reader relies on.
+SCHEMA_VERSION = "1.0"
 
 #: Every event type, in the order they usually appear for one node.
 EVENT_TYPES = (
@@ -27,7 +32,8 @@ class TraceEvent:
 
     ``run_id`` names the node (one RLM loop); ``parent_run_id`` links children to their
     parent; ``seq`` orders events within a trace; ``ts`` is wall-clock seconds since the epoch.
-    Everything specific to the event type is in ``data``.
+    Everything specific to the event type is in ``data``.  ``schema_version`` is the trace
+    format the event was written in (``SCHEMA_VERSION`` for new events).
     """
 
     type: str
@@ -38,9 +44,11 @@ class TraceEvent:
     seq: int
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": self.schema_version,
             "type": self.type,
             "run_id": self.run_id,
             "parent_run_id": self.parent_run_id,
@@ -62,4 +70,5 @@ class TraceEvent:
             seq=raw.get("seq", 0),
             ts=raw.get("ts", 0.0),
             data=raw.get("data", {}),
+            schema_version=str(raw.get("schema_version", SCHEMA_VERSION)),
         )

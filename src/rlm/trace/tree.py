@@ -10,6 +10,7 @@ from typing import Any
 
 from rlm.errors import RLMError
 from rlm.trace.events import TraceEvent
+from rlm.trace.schema import check_event
 from rlm.types import ModelUsage
 
 __all__ = ["TraceNode", "build_tree", "load", "load_all"]
@@ -146,13 +147,18 @@ def _read(path: str | Path) -> Iterator[TraceEvent]:
             if not line.strip():
                 continue
             try:
-                yield TraceEvent.from_dict(json.loads(line))
-            except (ValueError, KeyError) as exc:
+                raw = json.loads(line)
+            except ValueError as exc:
                 raise RLMError(f"{path}:{number}: not a trace event ({exc})") from exc
+            check_event(raw, f"{path}:{number}")
+            yield TraceEvent.from_dict(raw)
 
 
 def load_all(path: str | Path) -> list[TraceNode]:
-    """Every root call recorded in a JSONL trace file (a file may hold several runs)."""
+    """Every root call recorded in a JSONL trace file (a file may hold several runs).
+
+    Each line is checked (``rlm.trace.schema``): ``RLMError`` names the line that is not
+    an event this rlm reads, or says the file is from a newer major schema version."""
     return build_tree(_read(path))
 
 
