@@ -23,6 +23,7 @@ from rlm.environments.base import Environment
 from rlm.errors import ConfigError
 from rlm.result import RLMResult
 from rlm.tools import ToolSpec, make_tools
+from rlm.trace.cache import LMCache, open_cache
 from rlm.trace.sinks import JsonlSink, MultiSink, NullSink, TraceSink
 
 __all__ = ["RLM"]
@@ -31,6 +32,7 @@ BackendSpec = str | LMBackend | Mapping[str, Any]
 EnvironmentSpec = str | Environment | Callable[[], Environment]
 TraceTarget = str | os.PathLike[str] | TraceSink
 TraceSpec = TraceTarget | list[TraceTarget] | tuple[TraceTarget, ...]
+CacheSpec = str | os.PathLike[str] | LMCache
 
 
 class LoopOptions(TypedDict, total=False):
@@ -159,6 +161,12 @@ class RLM:
     - ``trace``: where the trace goes: a directory (one JSONL file per call: a path that is
       an existing directory, or has no suffix), a file (any other path, ``run.jsonl``: each
       call appends), a ``TraceSink``, or a list of these (at most one path).
+    - ``cache``: a cache of LM calls shared by every call of this object (and, through the
+      file, by other processes): a directory or a SQLite file path, or an
+      ``rlm.trace.cache.LMCache`` (``MemoryCache()``, ``SQLiteCache(path, turns=True)``).
+      Sub-calls whose reply is stored are served from it at no cost (``cache:<model>`` in
+      ``usage``, ``cached: true`` in the trace).  A path is opened here and closed by
+      ``close()``; an object is the caller's.
 
     Renamed keywords still work for one release, with a ``DeprecationWarning``:
     ``trace_dir``, ``trace_path``, ``trace_sink`` (now ``trace``) and ``sub_backend_kwargs``
@@ -186,6 +194,7 @@ class RLM:
         tools: Mapping[str, ToolSpec] | None = None,
         persistent: bool = False,
         trace: TraceSpec | None = None,
+        cache: CacheSpec | None = None,
         **options: Unpack[LoopOptions],
     ) -> None:
         renamed = _pop_renamed(options)  # type: ignore[arg-type]
@@ -201,6 +210,8 @@ class RLM:
         self.verbose = verbose
         self.persistent = persistent
 
+        self.cache = open_cache(cache)
+        self._owns_cache = self.cache is not None and self.cache is not cache
         self._owned: list[LMBackend] = []
         self._session: Session | None = None
         try:  # the backends built so far are closed when a later one fails
@@ -213,7 +224,7 @@ class RLM:
         self._env_instance = environment if isinstance(environment, Environment) else None
         self._env_factory = _environment_factory(environment, environment_kwargs)
         self.engine = Engine(self.router, self._env_factory, self.limits, self.loop,
-                             checked_tools)
+                             checked_tools, cache=self.cache)
 
     # -- construction helpers ---------------------------------------------------------------
     def _router(self, backend: BackendSpec, backend_kwargs: Mapping[str, Any] | None,
@@ -343,6 +354,12 @@ class RLM:
         for backend in self._owned:
             backend.close()
         self._owned.clear()
+        self._close_cache()
+
+    def _close_cache(self) -> None:
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
+            self._owns_cache = False
 
     async def aclose(self) -> None:
         """The async twin of ``close``: also closes async HTTP clients inside their loop."""
@@ -352,6 +369,7 @@ class RLM:
         for backend in self._owned:
             await backend.aclose()
         self._owned.clear()
+        self._close_cache()
 
     async def __aenter__(self) -> RLM:
         return self

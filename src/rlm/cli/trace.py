@@ -1,5 +1,5 @@
-"""``rlm trace show | view | html``: read a trace in the terminal, a browser or a file;
-``rlm replay``: run it again on its recorded replies."""
+"""``rlm trace show | view | html | export``: read a trace in the terminal, a browser or a
+file, or export it as training data; ``rlm replay``: run it again on its recorded replies."""
 
 from __future__ import annotations
 
@@ -100,6 +100,40 @@ def html(path: Path | None, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_html(file), encoding="utf-8")
     click.echo(f"wrote {output}", err=True)
+
+
+@trace.command("export")
+@_PATH
+@click.option("--format", "fmt", type=click.Choice(["chat-jsonl"]), default="chat-jsonl",
+              show_default=True, help="What to write (docs/trace-format.md, Export).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="The file to write (default: stdout).")
+@click.option("--results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An `rlm bench` results file: runs get the score of the row with "
+                   "their question.")
+@click.option("--method", default="rlm", show_default=True,
+              help="With --results: the bench method whose rows give the score.")
+def export(path: Path | None, fmt: str, output: Path | None, results: Path | None,
+           method: str) -> None:
+    """Write each node's conversation in PATH as one JSONL record (for fine-tuning or as
+    RL rollouts).  PATH as for `rlm trace show`."""
+    from rlm.trace.export import chat_records
+
+    roots = load_all(_trace_file(path))
+    rows: list[dict[str, object]] = []
+    if results is not None:
+        from rlm.bench.runner import read_rows
+
+        rows = read_rows(results)
+    lines = [json.dumps(record, ensure_ascii=False, default=str)
+             for record in chat_records(roots, rows, method=method)]
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {len(lines)} records to {output}", err=True)
 
 
 @click.command()

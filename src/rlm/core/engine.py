@@ -34,11 +34,12 @@ from rlm.core.handler import LMHandler
 from rlm.core.limits import Budget, Limits
 from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
 from rlm.core.routing import ModelRouter
-from rlm.core.strategy import plan
+from rlm.core.strategy import Plan, plan
 from rlm.environments.base import Environment
 from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
 from rlm.result import RLMResult
 from rlm.tools import Tool
+from rlm.trace.cache import LMCache
 from rlm.trace.preview import preview_fields
 from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
 from rlm.trace.tracer import Tracer
@@ -187,7 +188,7 @@ class Run:
             self.router, self.budget, self.tracer, spawn_child=self.spawn_child,
             max_concurrency=cfg.max_concurrency,
             sub_call_max_output_tokens=cfg.sub_call_max_output_tokens,
-            sub_calls=cfg.sub_calls, max_answer_chars=cfg.max_answer_chars,
+            sub_calls=cfg.sub_calls, max_answer_chars=cfg.max_answer_chars, cache=engine.cache,
         )
         self.root = NodeRef(_new_id(), None, 0)
         self.owned = session is None and root_environment is None
@@ -200,7 +201,7 @@ class Run:
         self._root_loop: Loop | None = None
         #: Per open node, what removes its environment's ``interrupt`` from ``on_stop``.
         self._stops: dict[str, Callable[[], None]] = {}
-        self._openings: dict[str, str | None] = {}  # per node: code run before turn 1
+        self._openings: dict[str, Plan | None] = {}  # per node: a first step to take
 
     def _call_for(self, node: NodeRef) -> HostCall:
         return lambda message: self.handler.handle(message, node)
@@ -358,7 +359,7 @@ class Run:
                                        prompt_profile=wording, sub_calls=cfg.sub_calls)
         chosen = plan(question, value, sub_calls=cfg.sub_calls) if prompts.profile(
             wording).strategy_hints else None
-        self._openings[node.run_id] = chosen.opening if chosen else None
+        self._openings[node.run_id] = chosen
         user = prompts.first_user_message(
             question, describe_context(value), session_turn=session.turn if session else 0,
             session_names=names, answer_format=None if schema is None else
@@ -435,8 +436,8 @@ class Engine:
 
     def __init__(self, router: ModelRouter, environment_factory: EnvironmentFactory,
                  limits: Limits, loop: LoopConfig | None = None,
-                 tools: dict[str, Tool] | None = None) -> None:
-        self.router = router
+                 tools: dict[str, Tool] | None = None, cache: LMCache | None = None) -> None:
+        self.router, self.cache = router, cache
         self.environment_factory = environment_factory
         self.limits = limits
         self.loop = loop or LoopConfig()

@@ -16,7 +16,12 @@ validated here, a reply that does not match gets ONE repair call (the bad reply 
 was wrong), and one that still does not match fails with a ``SchemaError``.  A typed
 ``rlm_query`` tells the child the format (it checks its own answers) and checks the child's
 answer the same way, its repair being a plain LM call.  ``lm_call`` trace events keep
-a bounded preview of long prompts and responses (``rlm.trace.preview``).
+a bounded preview of long prompts and responses (``rlm.trace.preview``); a turn's, the
+messages its node's conversation gained since its previous turn (``rlm.trace.export``).
+
+With a ``cache`` (``rlm.trace.cache``), a call whose reply is stored is served from it:
+no reservation, $0 and 0 tokens under the usage key ``cache:<model>``, and an ``lm_call``
+event with ``cached: true``; a reply it makes is stored.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from rlm.bridge.schema import SchemaError
 from rlm.core.limits import Budget
 from rlm.core.routing import ModelRouter
 from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
+from rlm.trace.cache import CachedReply, LMCache, RunCache, saved_fields
+from rlm.trace.export import TurnLog
 from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
 from rlm.types import Completion, CompletionRequest, Message, NodeRef
@@ -102,6 +109,7 @@ class LMHandler:
         sub_call_max_output_tokens: int | None = None,
         sub_calls: bool = True,
         max_answer_chars: int | None = None,
+        cache: LMCache | None = None,
     ) -> None:
         self.router = router
         self.budget = budget
@@ -111,6 +119,8 @@ class LMHandler:
         self.sub_call_max_output_tokens = sub_call_max_output_tokens
         self.sub_calls = sub_calls
         self.max_answer_chars = max_answer_chars
+        self.cache = None if cache is None else RunCache(cache)
+        self.turns = TurnLog()  # each turn's trace event holds the messages new to it
         self._in_flight: set[cf.Future[Any]] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -166,19 +176,22 @@ class LMHandler:
         _reraise(exc, call.backend)
 
     def _record(self, call: _Call, completion: Completion | None,
-                error: BaseException | None) -> None:
+                error: BaseException | None, hit: CachedReply | None = None) -> None:
         backend, request = call.backend, call.request
         data: dict[str, Any] = {
             "purpose": call.purpose,
             "backend": backend.name,
             "model": backend.model_name,
-            "usage_key": backend.model_name,
+            "usage_key": backend.model_name if hit is None else f"cache:{backend.model_name}",
             "call_depth": request.depth,
             "latency_s": time.monotonic() - call.started,
         }
-        # A turn's prompt is the node's history: its parts are already in the trace (the
-        # replies here, the outputs in code_exec), so it is not repeated on every call.
-        if call.purpose != "turn":
+        # A turn's prompt is the node's history: each turn records only the messages new
+        # since the node's previous turn (``TurnLog``), so nothing is written twice.
+        if call.purpose == "turn":
+            data.update(self.turns.fields(call.node.run_id, request.messages,
+                                          None if completion is None else completion.text))
+        else:
             data.update(preview_fields(
                 prompt=request.messages[-1]["content"] if request.messages else ""))
         if completion is not None:
@@ -189,27 +202,62 @@ class LMHandler:
         if error is not None:
             data["error"] = error_body(error)
             data.update(input_tokens=0, output_tokens=0, cost_usd=0.0)
+        if hit is not None:
+            data.update(saved_fields(hit))
         self.tracer.emit("lm_call", call.node, **data)
+
+    def _cached(self, request: CompletionRequest, node: NodeRef, purpose: str,
+                backend: LMBackend) -> tuple[str | None, Completion | None]:
+        """The call's cache key (``None``: not cached) and its stored reply, charged as a
+        hit (0 tokens, $0), if the cache holds one."""
+        if self.cache is None:
+            return None, None
+        key = self.cache.key(backend.name, backend.model_name, request, purpose)
+        hit = None if key is None else self.cache.get(key)
+        if hit is None:
+            return key, None
+        started = time.monotonic()
+        completion = Completion(text=hit.text, model=hit.model, cost_usd=0.0)
+        reservation = self.budget.reserve(0.0, 0)  # checks that the tree is not stopping
+        self.budget.commit(reservation, completion, f"cache:{backend.model_name}")
+        self._record(_Call(backend, request, reservation, node, purpose, started),
+                     completion, None, hit)
+        return key, completion
+
+    def _stored(self, key: str | None, asked: CompletionRequest, call: _Call,
+                completion: Completion) -> Completion:
+        if key is not None and self.cache is not None:
+            self.cache.put(key, asked, call.request, completion)
+        return completion
 
     def complete(self, request: CompletionRequest, node: NodeRef, *, purpose: str = "turn",
                  backend: LMBackend | None = None) -> Completion:
-        """Run one LM call for ``node``: check limits, reserve, call, charge, trace."""
+        """Run one LM call for ``node``: check limits, reserve, call, charge, trace (or
+        serve it from the cache)."""
+        backend = backend or self.router.for_depth(request.depth)
+        key, hit = self._cached(request, node, purpose, backend)
+        if hit is not None:
+            return hit
         call = self._prepare(request, node, purpose, backend)
         try:
             completion = call.backend.complete(call.request)
         except BaseException as exc:
             self._failed(call, exc)
-        return self._charged(call, completion)
+        return self._stored(key, request, call, self._charged(call, completion))
 
     async def acomplete(self, request: CompletionRequest, node: NodeRef, *,
                         purpose: str = "turn", backend: LMBackend | None = None) -> Completion:
         """The async twin of ``complete`` (a call that does not fit is refused at once)."""
+        backend = backend or self.router.for_depth(request.depth)
+        key, hit = self._cached(request, node, purpose, backend)
+        if hit is not None:
+            return hit
         call = self._prepare(request, node, purpose, backend, wait=False)
         try:
             completion = await call.backend.acomplete(call.request)
         except BaseException as exc:
             self._failed(call, exc)
-        return self._charged(call, completion)
+        return self._stored(key, request, call, self._charged(call, completion))
 
     # -- requests from REPL code ------------------------------------------------------------
     def handle(self, message: dict[str, Any], node: NodeRef) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from rlm.core.handler import cap_answer
 from rlm.core.limits import Budget
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
 from rlm.core.repeats import BlockMemory, found_nothing, probe_code, question_words
+from rlm.core.strategy import Plan
 from rlm.errors import Cancelled, ConfigError, LimitExceeded
 from rlm.trace.preview import preview_fields
 from rlm.trace.tracer import Tracer
@@ -174,17 +175,17 @@ class Loop:
     ``question`` is the node's question (its distinctive words guide the model after a
     repeated block); ``window_tokens`` is its model's window, so the history is compacted
     before it overflows (``None``: never compacted); ``answer_check`` refuses answers of
-    the wrong shape; ``opening`` is code run before the first turn (a strategy's first
-    step, ``rlm.core.strategy``), its code and output shown at the end of the first user
-    message.  On a profile that says so (``stop_when_stuck``), a node whose model writes a
-    fruitless block a third time has no turns left: it stops (``"errors"``) with an answer
-    extracted from what it saw.
+    the wrong shape; ``opening`` is a strategy whose first step the engine takes
+    (``rlm.core.strategy.Plan``): its code runs before the first turn and its note on the
+    output ends the first user message.  On a profile that says so (``stop_when_stuck``),
+    a node whose model writes a fruitless block a third time has no turns left: it stops
+    (``"errors"``) with an answer extracted from what it saw.
     """
 
     def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
                  config: LoopConfig, tracer: Tracer, prompt_profile: str = "default",
                  answer_check: AnswerCheck | None = None, *, question: str | None = None,
-                 window_tokens: int | None = None, opening: str | None = None) -> None:
+                 window_tokens: int | None = None, opening: Plan | None = None) -> None:
         self.node = node
         self.answer_check = answer_check
         self.budget = budget
@@ -232,7 +233,7 @@ class Loop:
         stop: StopReason = "final"
         last_prose = ""
         iterations = 0
-        if self.opening is not None:
+        if self.opening is not None and self.opening.opening is not None:
             yield from self._open(self.opening)
         while answer is None:
             try:
@@ -301,16 +302,24 @@ class Loop:
         return (self.memory.repeats > MAX_REPEATS
                 and prompts.profile(self.prompt_profile).stop_when_stuck)
 
-    def _open(self, code: str) -> Generator[Step, Any, None]:
-        """Run the opening block and show its code and output in the first user message."""
-        result: ExecResult = yield RunCode(code, OPENING_TIME_SHARE)
-        self._trace_exec(code, result)
-        self.memory.record(code, found_nothing(result.stdout, result.error))
+    def _open(self, plan: Plan) -> Generator[Step, Any, None]:
+        """Run the plan's opening (and summary) blocks; its note on what they printed ends
+        the first user message."""
+        assert plan.opening is not None
+        shown = []
         limit = prompts.output_limit(self.prompt_profile, self.config.max_output_chars)
-        shown = prompts.shown_output(code, result, limit)
-        self.seen.append(Seen(0, shown))
+        for code, share in ((plan.opening, OPENING_TIME_SHARE), (plan.summary, None)):
+            if code is None:
+                continue
+            result: ExecResult = yield RunCode(code, share)
+            self._trace_exec(code, result)
+            self.memory.record(code, found_nothing(result.stdout, result.error))
+            if result.stdout or result.error or code is plan.summary:
+                shown.append(prompts.shown_output(code, result, limit).rstrip())
+        output = "\n".join(shown)
+        self.seen.append(Seen(0, output))
         first = self.messages[-1]
-        first["content"] = f"{first['content']}\n\n{prompts.opening_note(code, shown)}"
+        first["content"] = f"{first['content']}\n\n{plan.note.format(output=output)}"
 
     def _run_block(self, code: str, number: int) -> Generator[Step, Any, ExecResult]:
         """Run one block of the reply, unless it repeats a block that found nothing."""

@@ -204,8 +204,8 @@ def first_user_message(
 
     ``answer_format`` says what shape the answer must have (``completion(schema=...)``);
     ``hint`` names a strategy (``rlm.core.strategy``, on the small profile); ``opening``:
-    a block runs before the first turn, and its code and output (``opening_note``) end
-    the message.
+    a block runs before the first turn, and the strategy's note on its output ends the
+    message (``Loop``).
     """
     parts = []
     if session_turn:
@@ -224,14 +224,6 @@ def first_user_message(
     if not opening:
         parts.append("Start by writing a ```repl block that looks at `context`.")
     return "\n\n".join(parts)
-
-
-def opening_note(code: str, shown: str) -> str:
-    """The end of the first user message when the engine ran ``code`` before turn one."""
-    return (f"```python\n{code.rstrip()}\n```\nOutput:\n{shown.rstrip()}\n\nIts variables are in "
-            "the REPL: labels[i] is the label of lines[i]. Now write a ```repl block that "
-            "answers the question from them (count or filter in code; for one user or date, "
-            "keep the pairs of zip(lines, labels) whose line matches), then call FINAL.")
 
 
 def truncate(text: str, limit: int) -> str:

@@ -114,37 +114,58 @@ def record_field(lines: list[str]) -> tuple[str, int] | None:
 @dataclass(frozen=True)
 class Plan:
     """A strategy for one question: ``hint`` for the first user message and, when the
-    engine takes the first step itself, the ``opening`` code it runs before the first turn."""
+    engine takes the first step itself, the ``opening`` code it runs before the first turn
+    and the ``note`` (with ``{output}``, what the code, then ``summary``, printed) that
+    ends that message."""
 
     name: str
     hint: str
     opening: str | None = None
+    note: str = "{output}"
+    #: Code run after ``opening`` (even when it failed) whose output fills the note.
+    summary: str | None = None
 
 
 OPENING_HINT = (
-    "Hint: this question is about every record, so every record was labelled with llm_map "
-    "before your first turn (searching for a label's name finds only the records that "
-    "happen to contain that word). The block that did it and its output follow.")
+    "Hint: this question is about every record, so before your first turn the records "
+    "were labelled with llm_map, one call per record (searching for a label's name finds "
+    "only the records that happen to contain that word).")
+#: Records labelled per ``llm_map`` call of the opening block.
+LABEL_CHUNK = 64
+#: What the engine prints after the opening block, whether it finished or not.
+LABELLED = ('print(f"{len(labels)} of {len(lines)} records labelled; Counter(labels) =", '
+            'Counter(labels))\n')
+#: The code itself is not shown: a small model copies the last block it saw, and would
+#: label every record again.
+OPENING_NOTE = (
+    "These variables are in the REPL: `lines` (the records, one per line) and `labels` "
+    "(labels[i] is the label of lines[i]):\n{output}\n\nDo not label again. Write a "
+    "```repl block that answers the question from `lines` and `labels`, then call FINAL. "
+    "Counter(labels) counts the labels of all records; to count only the records whose "
+    "line contains some text, use Counter(label for line, label in zip(lines, labels) if "
+    "\"some text\" in line).")
 
 
 def labelling_block(question: str, context: object) -> str | None:
-    """The block that labels every record, when the question lists the labels."""
+    """The block that labels every record, when the question lists the labels.  It labels
+    in chunks, so a block stopped by the time limit leaves the labels it has."""
     listed = label_set(question)
     lines = context.split("\n") if isinstance(context, str) else []
     if listed is None or len([line for line in lines if line.strip()]) < 2:
         return None
     written, labels = listed
     where = record_field(lines)
-    pick = "" if where is None else (
+    pick = "items = lines\n" if where is None else (
         f"items = [line.split({where[0]!r})[{where[1]}].split(\": \", 1)[-1] for line in "
         "lines]  # the part of each record to label\n")
     instruction = f"Which label fits this text? The labels: {written}."
     return ("from collections import Counter\n"
             "lines = [line for line in context.split(\"\\n\") if line.strip()]\n"
             f"{pick}"
-            f"labels = llm_map({instruction!r}, {'items' if pick else 'lines'}, "
-            f"schema=Literal[{', '.join(repr(label) for label in labels)}], per_call=1)\n"
-            "print(Counter(labels))\n")
+            "labels = []\n"
+            f"for start in range(0, len(items), {LABEL_CHUNK}):\n"
+            f"    labels += llm_map({instruction!r}, items[start:start + {LABEL_CHUNK}], "
+            f"schema=Literal[{', '.join(repr(label) for label in labels)}], per_call=1)\n")
 
 
 def strategy(question: str | None, *, sub_calls: bool = True) -> str | None:
@@ -165,5 +186,5 @@ def plan(question: str | None, context: object = None, *, sub_calls: bool = True
     if chosen == "records" and question:
         opening = labelling_block(question, context)
         if opening is not None:
-            return Plan(chosen, OPENING_HINT, opening)
+            return Plan(chosen, OPENING_HINT, opening, OPENING_NOTE, LABELLED)
     return None if chosen is None else Plan(chosen, HINTS[chosen])
