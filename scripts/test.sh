@@ -17,7 +17,7 @@ if [ "$(id -u)" = 0 ]; then  # the "sandbox" and "gvisor" environments: bubblewr
   fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide,serve,mcp,anthropic,gemini,otel]'
+.venv/bin/python -m pip install --quiet -e '.[dev,local,server,ipython,pyodide,serve,mcp,anthropic,gemini,litellm,otel]'
 .venv/bin/ruff check src tests benchmarks examples
 # The "docker" environment's engine: started here, stopped on exit.
 bash scripts/docker-engine.sh start || true; trap 'bash scripts/docker-engine.sh stop' EXIT

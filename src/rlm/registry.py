@@ -39,6 +39,7 @@ _BACKENDS: dict[str, Any] = {
     "scripted": "rlm.backends.scripted:ScriptedBackend",
     "anthropic": "rlm.backends.anthropic_messages:AnthropicBackend",
     "gemini": "rlm.backends.gemini_genai:GeminiBackend",
+    "litellm": "rlm.backends.litellm_backend:LiteLLMBackend",
     "openrouter": "rlm.backends.preset_backends:OpenRouterBackend",
     "groq": "rlm.backends.preset_backends:GroqBackend",
     "together": "rlm.backends.preset_backends:TogetherBackend",

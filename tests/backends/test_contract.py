@@ -1,7 +1,8 @@
 """The contract of ``rlm.backends.base.LMBackend``, checked the same way for every backend.
 
-Subjects: ``scripted``, ``openai`` (against ``tests/fakes/openai_server.py``),
-``anthropic`` and ``gemini`` (their SDKs against ``tests/fakes/anthropic_server.py`` and
+Subjects: ``scripted``, ``openai`` (against ``tests/fakes/openai_server.py``, on chat
+completions and on the Responses API), ``litellm`` (LiteLLM's OpenAI path against the same
+fake), ``anthropic`` and ``gemini`` (their SDKs against ``tests/fakes/anthropic_server.py`` and
 ``gemini_server.py``) and ``local`` (the embedded model, marker ``model``).  No test here
 names an implementation: what differs is only how each subject is built (``Subject``).
 """
@@ -78,7 +79,7 @@ def _scripted(runner: asyncio.Runner) -> Iterator[Subject]:
         failing=lambda: (ScriptedBackend([]), ask("one call too many")), run=runner.run)
 
 
-def _openai(runner: asyncio.Runner) -> Iterator[Subject]:
+def _openai(runner: asyncio.Runner, **options: Any) -> Iterator[Subject]:
     def reply(body: dict[str, Any]) -> str:
         return f"echo: {body['messages'][-1]['content']}"
 
@@ -87,7 +88,8 @@ def _openai(runner: asyncio.Runner) -> Iterator[Subject]:
 
         def make() -> OpenAIBackend:
             backend = OpenAIBackend(model="fake", base_url=fake.url, backoff_s=0.01,
-                                    api_key="sk-contract-secret", price_per_mtok=(1.0, 2.0))
+                                    api_key="sk-contract-secret", price_per_mtok=(1.0, 2.0),
+                                    **options)
             made.append(backend)
             return backend
 
@@ -103,6 +105,30 @@ def _openai(runner: asyncio.Runner) -> Iterator[Subject]:
         yield Subject(backend=shared, fresh=make, slow=slow, failing=failing, run=runner.run)
         for backend in made:
             runner.run(backend.aclose())  # where its async client was opened
+
+
+def _litellm(runner: asyncio.Runner) -> Iterator[Subject]:
+    from rlm.backends.litellm_backend import LiteLLMBackend
+
+    def reply(body: dict[str, Any]) -> str:
+        return f"echo: {body['messages'][-1]['content']}"
+
+    with FakeOpenAIServer(reply=reply) as fake:
+        def make() -> LMBackend:
+            return LiteLLMBackend("openai/fake", base_url=fake.url, backoff_s=0.01,
+                                  api_key="sk-litellm-contract-secret",
+                                  price_per_mtok=(1.0, 2.0))
+
+        def slow(cancel: threading.Event) -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(delay_s=SLOW_S)
+            return shared, ask("Say hello.", cancel=cancel)
+
+        def failing() -> tuple[LMBackend, CompletionRequest]:
+            fake.enqueue(status=400)
+            return shared, ask("refused")
+
+        shared = make()
+        yield Subject(backend=shared, fresh=make, slow=slow, failing=failing, run=runner.run)
 
 
 def _anthropic(runner: asyncio.Runner) -> Iterator[Subject]:
@@ -188,7 +214,12 @@ def _local(request: pytest.FixtureRequest, runner: asyncio.Runner) -> Iterator[S
         backend.close()
 
 
-@pytest.fixture(params=["scripted", "openai", "anthropic", "gemini",
+#: LiteLLM's lazy imports warn about pydantic's ``ReadOnly`` (not this project's code).
+_LITELLM_WARNING = pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")
+
+
+@pytest.fixture(params=["scripted", "openai", "openai-responses", "anthropic", "gemini",
+                        pytest.param("litellm", marks=_LITELLM_WARNING),
                         pytest.param("local", marks=[pytest.mark.model, pytest.mark.slow])])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     with asyncio.Runner() as runner:
@@ -196,6 +227,11 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
             yield from _scripted(runner)
         elif request.param == "openai":
             yield from _openai(runner)
+        elif request.param == "openai-responses":
+            yield from _openai(runner, api="responses")
+        elif request.param == "litellm":
+            pytest.importorskip("rlm.backends.litellm_backend")
+            yield from _litellm(runner)
         elif request.param == "anthropic":
             yield from _anthropic(runner)
         elif request.param == "gemini":

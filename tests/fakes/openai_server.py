@@ -25,6 +25,13 @@ API:
   too: ``float("nan")`` and ``float("inf")`` go out as ``NaN`` and ``Infinity``) or a dict
   sent verbatim as the ``usage`` object (for fields such as ``cost``); ``drop=True`` closes
   the connection without answering.
+- ``.refuse_each_once(retry_after="0.5")``: from now on, the first request of each distinct
+  body gets HTTP 429 with that ``Retry-After`` (a rate-limited provider); its retry (the
+  same body) is answered as usual.
+- ``POST /v1/responses`` speaks the Responses API: ``input`` (a string or messages) and
+  ``instructions`` in, ``output`` (a ``message`` with ``output_text``) and usage with
+  ``input_tokens`` / ``output_tokens`` out; ``reasoning_tokens=N`` adds N reasoning tokens
+  to every reply (in ``output_tokens`` and ``output_tokens_details``, as OpenAI does).
 - ``.requests``: every ``RecordedRequest`` received (path, lower-cased headers, JSON body);
   ``.response_formats``: the ``response_format`` of each request (``None`` where absent).
 - ``.start()`` / ``.stop()`` or ``with``: ``stop`` interrupts pending delays, closes every
@@ -122,6 +129,14 @@ class FakeOpenAIServer(LoopbackService):
         self._queue: deque[ScriptedResponse] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._refuse_once: str | None = None
+        self._refused: set[bytes] = set()
+        self.reasoning_tokens = 0
+
+    def refuse_each_once(self, retry_after: str = "0.5") -> None:
+        """Answer the first request of each distinct body with 429 + ``Retry-After``."""
+        with self._lock:
+            self._refuse_once = retry_after
 
     # -- lifecycle (``LoopbackService``) ----------------------------------------------------
     def _make_server(self) -> LoopbackHTTPServer:
@@ -174,6 +189,10 @@ class FakeOpenAIServer(LoopbackService):
             self.requests.append(RecordedRequest(handler.path, headers, body, time.time()))
             scripted = self._queue.popleft() if self._queue else ScriptedResponse(
                 usage=self.usage)
+            if self._refuse_once is not None and raw not in self._refused:
+                self._refused.add(raw)
+                scripted = ScriptedResponse(status=429,
+                                            headers={"Retry-After": self._refuse_once})
         delay = self.latency_s + scripted.delay_s
         if delay > 0 and self._stopping.wait(delay):
             handler.close_connection = True
@@ -182,7 +201,10 @@ class FakeOpenAIServer(LoopbackService):
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)
             return
-        if handler.path.rstrip("/") != "/v1/chat/completions":
+        if handler.path.rstrip("/") == "/v1/responses" and scripted.status < 400 \
+                and scripted.body is None:
+            self._send(handler, 200, self._response(body, scripted), scripted.headers)
+        elif handler.path.rstrip("/") not in ("/v1/chat/completions", "/v1/responses"):
             self._send(handler, 404, {"error": {"message": f"no route {handler.path}"}}, {})
         elif scripted.body is not None:
             self._send(handler, scripted.status, scripted.body, scripted.headers)
@@ -222,6 +244,33 @@ class FakeOpenAIServer(LoopbackService):
             data["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
             with contextlib.suppress(TypeError):
                 data["usage"]["total_tokens"] = usage[0] + usage[1]
+        return data
+
+    def _response(self, body: Any, scripted: ScriptedResponse) -> dict[str, Any]:
+        """A Responses API reply (``POST /v1/responses``) to ``body``."""
+        body = body if isinstance(body, dict) else {}
+        given = body.get("input")
+        messages = [{"role": "user", "content": given}] if isinstance(given, str) \
+            else [m for m in given or [] if isinstance(m, dict)]
+        if body.get("instructions"):
+            messages = [{"role": "system", "content": body["instructions"]}, *messages]
+        text = scripted.text if scripted.text is not None \
+            else self._default_reply({**body, "messages": messages})
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        data: dict[str, Any] = {
+            "id": f"resp-fake-{len(self.requests)}", "object": "response",
+            "model": body.get("model") or self.model, "status": "completed",
+            "output": [{"type": "reasoning", "id": "rs-fake", "summary": []},
+                       {"type": "message", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text,
+                                     "annotations": []}]}]}
+        if scripted.usage:
+            out = math.ceil(len(text) / 4) + self.reasoning_tokens
+            data["usage"] = {
+                "input_tokens": math.ceil(chars / 4), "output_tokens": out,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                "total_tokens": math.ceil(chars / 4) + out}
         return data
 
     @staticmethod

@@ -19,6 +19,7 @@ import anthropic
 
 from rlm.backends.base import LMBackend, resolve_key
 from rlm.backends.prices import Price, PriceSpec, lookup, price_of
+from rlm.backends.rate_limit import RateLimiter, booked_tokens
 from rlm.backends.sdk_retries import Failure, RetryPolicy, call_with_retries, retry_after_s
 from rlm.errors import (
     BackendConnectionError,
@@ -66,6 +67,8 @@ class AnthropicBackend(LMBackend):
     is not sent: the current SDK's ``messages.create`` has no such parameter.  429 and 529
     (overloaded) answers, 5xx and dropped connections are retried ``max_retries`` times,
     honouring ``retry-after``; a 529 that outlasts them raises ``RateLimitError`` too.
+    ``rpm`` / ``tpm`` limit requests and tokens per minute for the whole call tree
+    (``rlm.backends.rate_limit``); a 429 or 529 pauses every caller once.
     """
 
     name = "anthropic"
@@ -75,7 +78,8 @@ class AnthropicBackend(LMBackend):
                  timeout_s: float = 120.0, max_retries: int = 3, backoff_s: float = 0.5,
                  max_output_tokens: int = 4096, price_per_mtok: PriceSpec | None = None,
                  prompt_caching: bool = True, thinking_tokens: int | None = None,
-                 context_window: int | None = 200_000) -> None:
+                 context_window: int | None = 200_000,
+                 rpm: float | None = None, tpm: float | None = None) -> None:
         if not (timeout_s > 0 and backoff_s >= 0 and isinstance(max_retries, int)
                 and max_retries >= 0 and isinstance(max_output_tokens, int)
                 and max_output_tokens > 0):
@@ -88,6 +92,8 @@ class AnthropicBackend(LMBackend):
         self.api_key = resolve_key(api_key, self.key_env_var, backend=self.name)
         self.base_url = base_url
         self.policy = RetryPolicy(timeout_s, max_retries, backoff_s)
+        #: Shared by every caller of this instance: the whole call tree (``rpm``, ``tpm``).
+        self.limiter = RateLimiter(rpm, tpm)
         self.max_output_tokens = max_output_tokens
         self.price_per_mtok: Price | None = price_of(price_per_mtok) \
             if price_per_mtok is not None else lookup("anthropic", model)
@@ -161,10 +167,14 @@ class AnthropicBackend(LMBackend):
     def complete(self, request: CompletionRequest) -> Completion:
         body, started = self._body(request), time.monotonic()
         client = self._sdk()
+        booked = booked_tokens(request, body["max_tokens"])
         message = call_with_retries(
             self.name, request, self.policy,
-            lambda timeout: client.messages.create(**body, timeout=timeout), self._classify)
-        return self._completion(message, started)
+            lambda timeout: client.messages.create(**body, timeout=timeout), self._classify,
+            self.limiter, booked)
+        completion = self._completion(message, started)
+        self.limiter.settle(booked, completion.input_tokens + completion.output_tokens)
+        return completion
 
     def _completion(self, message: Any, started: float) -> Completion:
         try:

@@ -20,6 +20,7 @@ from google.genai import errors as genai_errors
 
 from rlm.backends.base import LMBackend, resolve_key
 from rlm.backends.prices import Price, PriceSpec, lookup, price_of
+from rlm.backends.rate_limit import RateLimiter, booked_tokens
 from rlm.backends.sdk_retries import Failure, RetryPolicy, call_with_retries, retry_after_s
 from rlm.errors import (
     BackendConnectionError,
@@ -74,6 +75,8 @@ class GeminiBackend(LMBackend):
     ``base_url`` points the SDK at another server.  The price is ``price_per_mtok``,
     else the table's ``gemini`` section; thinking tokens count as output.  429, 5xx and
     dropped connections are retried ``max_retries`` times, honouring ``retry-after``.
+    ``rpm`` / ``tpm`` limit requests and tokens per minute for the whole call tree
+    (``rlm.backends.rate_limit``); a 429 pauses every caller once.
     """
 
     name = "gemini"
@@ -82,7 +85,8 @@ class GeminiBackend(LMBackend):
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  timeout_s: float = 120.0, max_retries: int = 3, backoff_s: float = 0.5,
                  max_output_tokens: int | None = None, price_per_mtok: PriceSpec | None = None,
-                 context_window: int | None = 1_000_000) -> None:
+                 context_window: int | None = 1_000_000,
+                 rpm: float | None = None, tpm: float | None = None) -> None:
         if not (timeout_s > 0 and backoff_s >= 0 and isinstance(max_retries, int)
                 and max_retries >= 0):
             raise ConfigError("timeout_s must be > 0; max_retries and backoff_s must be >= 0")
@@ -91,6 +95,8 @@ class GeminiBackend(LMBackend):
         self.api_key = resolve_key(key, self.key_env_var, backend=self.name)
         self.base_url = base_url
         self.policy = RetryPolicy(timeout_s, max_retries, backoff_s)
+        #: Shared by every caller of this instance: the whole call tree (``rpm``, ``tpm``).
+        self.limiter = RateLimiter(rpm, tpm)
         self.max_output_tokens = max_output_tokens
         self.price_per_mtok: Price | None = price_of(price_per_mtok) \
             if price_per_mtok is not None else lookup("gemini", model)
@@ -159,8 +165,12 @@ class GeminiBackend(LMBackend):
             return models.generate_content(model=body["model"], contents=body["contents"],
                                            config=config)
 
-        response = call_with_retries(self.name, request, self.policy, attempt, self._classify)
-        return self._completion(response, started)
+        booked = booked_tokens(request, body["config"].get("max_output_tokens"))
+        response = call_with_retries(self.name, request, self.policy, attempt, self._classify,
+                                     self.limiter, booked)
+        completion = self._completion(response, started)
+        self.limiter.settle(booked, completion.input_tokens + completion.output_tokens)
+        return completion
 
     def _completion(self, response: Any, started: float) -> Completion:
         where = f"{self.name} backend (model {self.model_name!r})"

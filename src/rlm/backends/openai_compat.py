@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
-import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from rlm.backends.base import LMBackend, resolve_key
-from rlm.backends.presets import PRESETS, cached_tokens, reported_cost
+from rlm.backends.openai_attempts import CANCEL_POLL_S as _CANCEL_POLL_S
+from rlm.backends.openai_attempts import DEADLINE_GRACE_S as _DEADLINE_GRACE_S
+from rlm.backends.openai_attempts import ERROR_CHARS as _ERROR_CHARS
+from rlm.backends.openai_attempts import Attempts as _Attempts
+from rlm.backends.openai_attempts import finite as _finite
+from rlm.backends.openai_attempts import translate_errors as _translate_errors
+from rlm.backends.openai_responses import read_chat, read_responses, responses_body
+from rlm.backends.presets import PRESETS, reported_cost
 from rlm.backends.prices import Price, PriceSpec, entries, lookup, price_of
+from rlm.backends.rate_limit import RateLimiter, booked_tokens
 from rlm.errors import (
-    BackendConnectionError,
     BackendError,
     BackendTimeoutError,
     BadResponseError,
-    Cancelled,
     ConfigError,
     RateLimitError,
 )
@@ -41,99 +44,6 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     model: (price.input, price.output) for model, price in entries("openai")}
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_MAX_RETRY_AFTER_S = 60.0
-_ERROR_CHARS = 200
-#: How often a request in flight looks at ``request.cancel``.
-_CANCEL_POLL_S = 0.05
-#: After a timeout at the tree's deadline (``request.timeout_s``), how long to wait for the
-#: tree's own watchdog to trip, so that the run ends on its time limit, not on this error.
-_DEADLINE_GRACE_S = 0.5
-
-
-@contextlib.contextmanager
-def _translate_errors(where: str) -> Iterator[None]:
-    """Turn ``httpx`` exceptions into ``rlm.BackendError`` subclasses (the only place)."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise BackendTimeoutError(f"{where}: no answer in time ({type(exc).__name__})") from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        raise BackendConnectionError(f"{where}: connection failed ({type(exc).__name__}: "
-                                     f"{str(exc)[:_ERROR_CHARS]})") from exc
-    except httpx.HTTPError as exc:
-        raise BadResponseError(f"{where}: {type(exc).__name__}: {str(exc)[:_ERROR_CHARS]}") from exc
-
-
-def _finite(value: Any) -> bool:
-    """A real number (not ``bool``), neither NaN nor infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    """A numeric ``Retry-After`` header in seconds (capped), else ``default`` (dates too)."""
-    try:
-        seconds = float(value or "")
-    except ValueError:
-        return default
-    return min(seconds, _MAX_RETRY_AFTER_S) if math.isfinite(seconds) and seconds >= 0 \
-        else default
-
-
-class _Attempts:
-    """Retry state of one request: the deadline, the attempt count and the next delay."""
-
-    def __init__(self, backend: OpenAIBackend, request: CompletionRequest) -> None:
-        self.backend = backend
-        self.cancel = request.cancel
-        limit = backend.timeout_s
-        if request.timeout_s is not None:
-            limit = min(limit, request.timeout_s)
-        self.started = time.monotonic()
-        self.deadline = self.started + max(limit, 0.001)
-        self.retries = 0
-        #: Whether the deadline is the call tree's (what is left of ``max_timeout``).
-        self.tree_deadline = (request.timeout_s is not None
-                              and request.timeout_s < backend.timeout_s)
-
-    def timeout(self) -> float:
-        """The timeout of the next attempt: what is left before the deadline."""
-        return max(self.deadline - time.monotonic(), 0.001)
-
-    def delay(self, outcome: httpx.Response | BackendError) -> float | None:
-        """Seconds to wait before retrying after ``outcome``, or ``None`` to stop."""
-        if isinstance(outcome, httpx.Response):
-            if outcome.status_code != 429 and outcome.status_code < 500:
-                return None
-        elif not isinstance(outcome, BackendConnectionError):
-            return None
-        if self.retries >= self.backend.max_retries:
-            return None
-        delay = self.backend.backoff_s * 2**self.retries * random.uniform(0.75, 1.25)
-        if isinstance(outcome, httpx.Response):
-            delay = _retry_after(outcome.headers.get("retry-after"), delay)
-        if time.monotonic() + delay >= self.deadline:
-            return None
-        self.retries += 1
-        return max(delay, 0.0)
-
-    def cancelled(self, outcome: httpx.Response | BackendError) -> Cancelled:
-        what = f"HTTP {outcome.status_code}" if isinstance(outcome, httpx.Response) else outcome
-        return Cancelled(f"{self.backend.name} call cancelled while retrying after {what}")
-
-    def cancelled_in_flight(self) -> Cancelled:
-        return Cancelled(f"{self.backend.name} call cancelled while waiting for the reply")
-
-    def stopped_by_tree(self, outcome: BackendError) -> bool:
-        """Whether a failed attempt is the call tree stopping (a cancel, its deadline): the
-        caller then raises ``Cancelled`` and the run ends with the tree's stop reason."""
-        if self.cancel is None:
-            return False
-        if self.cancel.is_set():
-            return True
-        if isinstance(outcome, BackendTimeoutError) and self.tree_deadline:
-            return self.cancel.wait(_DEADLINE_GRACE_S)  # the watchdog trips at the deadline
-        return False
 
 
 class OpenAIBackend(LMBackend):
@@ -152,6 +62,13 @@ class OpenAIBackend(LMBackend):
     ``response_format`` (``json_schema``, not strict) while ``structured_output`` is true; a
     server that answers HTTP 400 about it gets the request again without it, and
     ``structured_output`` turns false for the calls after.
+
+    ``api="responses"`` uses the Responses API (``POST {base_url}/responses``, for reasoning
+    models: ``extra_body={"reasoning": {"effort": "low"}}``) instead of chat completions; its
+    reasoning tokens are output tokens.  ``rpm`` / ``tpm`` limit requests and tokens per
+    minute for every caller of this instance, i.e. the whole call tree, and a 429 pauses them
+    all once (``rlm.backends.rate_limit``).  Each logical call sends an ``Idempotency-Key``
+    header, the same on its retries (``idempotency=False``: none).
     """
 
     name = "openai"
@@ -171,12 +88,23 @@ class OpenAIBackend(LMBackend):
         extra_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         structured_output: bool = True,
+        api: str = "chat",
+        rpm: float | None = None,
+        tpm: float | None = None,
+        idempotency: bool = True,
     ) -> None:
         if provider is not None and provider not in PRESETS:
             raise ConfigError(f"unknown provider {provider!r}; known: {', '.join(PRESETS)}")
         if not (_finite(timeout_s) and timeout_s > 0 and _finite(backoff_s) and backoff_s >= 0
                 and isinstance(max_retries, int) and max_retries >= 0):
             raise ConfigError("timeout_s must be > 0; max_retries and backoff_s must be >= 0")
+        if api not in ("chat", "responses"):
+            raise ConfigError(f"api must be 'chat' or 'responses', got {api!r}")
+        self.api = api
+        self._path = "responses" if api == "responses" else "chat/completions"
+        #: Shared by every caller of this instance, so by the whole call tree.
+        self.limiter = RateLimiter(rpm, tpm)
+        self.idempotency = idempotency
         price = None if price_per_mtok is None else price_of(price_per_mtok)
         self.preset = preset = PRESETS[provider or "openai"]
         key_env = preset.key_env
@@ -253,6 +181,9 @@ class OpenAIBackend(LMBackend):
 
     # -- request building and response parsing, shared by both paths -----------------------
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
+        if self.api == "responses":
+            return responses_body(request, request.model or self.model_name, self.extra_body,
+                                  self.structured_output)
         # extra_body holds defaults: what the request sets itself wins over them
         body: dict[str, Any] = {**self.extra_body, "model": request.model or self.model_name,
                                 "messages": request.messages}
@@ -270,14 +201,16 @@ class OpenAIBackend(LMBackend):
     def _refuses_format(self, outcome: httpx.Response | BackendError,
                         body: dict[str, Any]) -> bool:
         """Whether ``outcome`` is the server refusing ``response_format``: it is then taken
-        out of ``body`` and left out of later requests."""
+        out of ``body`` and left out of later requests (``text`` in the Responses API)."""
+        key = "text" if self.api == "responses" else "response_format"
         if not (isinstance(outcome, httpx.Response) and outcome.status_code == 400
-                and "response_format" in body):
+                and key in body):
             return False
         text = outcome.text.lower()
-        if "response_format" not in text and "json_schema" not in text:
+        if "response_format" not in text and "json_schema" not in text \
+                and "text.format" not in text:
             return False
-        body.pop("response_format")
+        body.pop(key)
         self.structured_output = False
         return True
 
@@ -306,17 +239,12 @@ class OpenAIBackend(LMBackend):
                                    status_code=response.status_code)
         try:
             data = response.json()
-            if isinstance(data, dict) and "error" in data and "choices" not in data:
+            if isinstance(data, dict) and data.get("error") and "choices" not in data:
                 raise BadResponseError(self._error_message(response, retries),
                                        status_code=response.status_code)  # an error in a 200
-            text = data["choices"][0]["message"]["content"] or ""
-            if not isinstance(text, str):
-                raise TypeError(f"content is {type(text).__name__}")
-            usage = data.get("usage") or {}
-            if not isinstance(usage, dict):
-                raise TypeError(f"usage is {type(usage).__name__}")
-            input_tokens = usage.get("prompt_tokens")
-            output_tokens = usage.get("completion_tokens")
+            reply = read_responses(data) if self.api == "responses" else read_chat(data)
+            text, input_tokens, output_tokens = reply.text, reply.input_tokens, \
+                reply.output_tokens
         except (ValueError, LookupError, TypeError, AttributeError, ArithmeticError) as exc:
             raise BadResponseError(self._scrub(
                 f"{self._where}: malformed response "
@@ -335,9 +263,9 @@ class OpenAIBackend(LMBackend):
                 output_tokens=estimate_tokens(len(text)) if output_tokens is None
                 else output_tokens,
                 latency_s=time.monotonic() - started,
-                cached_input_tokens=cached_tokens(usage),
+                cached_input_tokens=reply.cached_tokens,
             )
-            cost = reported_cost(usage) if self.preset.reports_cost else None
+            cost = reported_cost(reply.usage) if self.preset.reports_cost else None
             return replace(completion, cost_usd=cost if cost is not None else self._cost(
                 completion.input_tokens, completion.output_tokens,
                 completion.cached_input_tokens))
@@ -363,11 +291,23 @@ class OpenAIBackend(LMBackend):
             raise outcome
         return self._parse(outcome, request, attempts.started, attempts.retries)
 
+    def _failure(self, outcome: httpx.Response | BackendError, retries: int) -> BackendError:
+        """The error an unanswered ``outcome`` stands for (raised if no retry is left)."""
+        if isinstance(outcome, BackendError):
+            return outcome
+        message = self._error_message(outcome, retries)
+        if outcome.status_code == 429:
+            return RateLimitError(message, status_code=429)
+        return BadResponseError(message, status_code=outcome.status_code)
+
+    def _call_headers(self, attempts: _Attempts) -> dict[str, str] | None:
+        return {"Idempotency-Key": attempts.idempotency_key} if self.idempotency else None
+
     def _post(self, client: httpx.Client, body: dict[str, Any],
-              timeout: float) -> httpx.Response | BackendError:
+              timeout: float, headers: dict[str, str] | None) -> httpx.Response | BackendError:
         try:
             with _translate_errors(self._where):
-                return client.post("chat/completions", json=body, timeout=timeout)
+                return client.post(self._path, json=body, timeout=timeout, headers=headers)
         except BackendError as exc:
             return exc
 
@@ -376,15 +316,15 @@ class OpenAIBackend(LMBackend):
         """One request.  With a cancel event it runs in a worker thread, so that a cancel
         ends the wait at once (a blocking ``httpx`` call cannot be interrupted); the
         abandoned request ends by itself, at the latest at its timeout."""
-        timeout = attempts.timeout()
+        timeout, headers = attempts.timeout(), self._call_headers(attempts)
         if attempts.cancel is None:
-            return self._post(client, body, timeout)
+            return self._post(client, body, timeout, headers)
         done = threading.Event()
         box: list[Any] = []
 
         def work() -> None:
             try:
-                box.append(self._post(client, body, timeout))
+                box.append(self._post(client, body, timeout, headers))
             except BaseException as exc:  # handed to the caller (a closed client...)
                 box.append(exc)
             finally:
@@ -399,33 +339,44 @@ class OpenAIBackend(LMBackend):
             raise outcome
         return outcome
 
+    def _start(self, request: CompletionRequest) -> tuple[dict[str, Any], _Attempts]:
+        return self._body(request), _Attempts(self, request, booked_tokens(request, None))
+
+    def _done(self, completion: Completion, attempts: _Attempts) -> Completion:
+        self.limiter.settle(attempts.booked, completion.total_tokens)
+        return completion
+
     def complete(self, request: CompletionRequest) -> Completion:
-        body, attempts = self._body(request), _Attempts(self, request)
+        (body, attempts), last = self._start(request), None
         client = self._sync_client()
-        while True:
+        while True:  # each try waits for its turn with the shared limiter first
+            self.limiter.wait_turn(self.name, attempts.booked, attempts.deadline,
+                                   attempts.cancel, last)
             outcome = self._attempt(client, body, attempts)
             if isinstance(outcome, BackendError) and attempts.stopped_by_tree(outcome):
                 raise attempts.cancelled_in_flight() from outcome
             result = self._settle(outcome, attempts, request, body)
             if isinstance(result, Completion):
-                return result
+                return self._done(result, attempts)
+            last = self._failure(outcome, attempts.retries)
             if attempts.cancel is None:
                 time.sleep(result)
             elif attempts.cancel.wait(result):
                 raise attempts.cancelled(outcome)
 
-    async def _apost(self, client: httpx.AsyncClient, body: dict[str, Any],
-                     timeout: float) -> httpx.Response | BackendError:
+    async def _apost(self, client: httpx.AsyncClient, body: dict[str, Any], timeout: float,
+                     headers: dict[str, str] | None) -> httpx.Response | BackendError:
         try:
             with _translate_errors(self._where):
-                return await client.post("chat/completions", json=body, timeout=timeout)
+                return await client.post(self._path, json=body, timeout=timeout,
+                                         headers=headers)
         except BackendError as exc:
             return exc
 
     async def _aattempt(self, client: httpx.AsyncClient, body: dict[str, Any],
                         attempts: _Attempts) -> httpx.Response | BackendError:
         """One request; a cancel (``request.cancel``) cancels it in flight."""
-        post = self._apost(client, body, attempts.timeout())
+        post = self._apost(client, body, attempts.timeout(), self._call_headers(attempts))
         if attempts.cancel is None:
             return await post
         task = asyncio.ensure_future(post)
@@ -451,16 +402,19 @@ class OpenAIBackend(LMBackend):
         return attempts.cancel.is_set()
 
     async def acomplete(self, request: CompletionRequest) -> Completion:
-        body, attempts = self._body(request), _Attempts(self, request)
+        (body, attempts), last = self._start(request), None
         client = self._async_client()
         while True:
+            await self.limiter.await_turn(self.name, attempts.booked, attempts.deadline,
+                                          attempts.cancel, last)
             outcome = await self._aattempt(client, body, attempts)
             if isinstance(outcome, BackendError) and await self._astopped_by_tree(outcome,
                                                                                  attempts):
                 raise attempts.cancelled_in_flight() from outcome
             result = self._settle(outcome, attempts, request, body)
             if isinstance(result, Completion):
-                return result
+                return self._done(result, attempts)
+            last = self._failure(outcome, attempts.retries)
             end = time.monotonic() + result
             while (left := end - time.monotonic()) > 0:  # sleep, watching the cancel event
                 if attempts.cancel is not None and attempts.cancel.is_set():

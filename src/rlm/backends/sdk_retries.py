@@ -6,6 +6,9 @@ exponential backoff or the server's ``retry-after``, within the request's deadli
 SDK's own retries are off (``max_retries=0``): they would not watch ``request.cancel``.
 When the call tree stops (``request.cancel``), a call in flight or a wait between tries
 ends at once with ``Cancelled``; the abandoned SDK call ends by itself at its timeout.
+With a ``RateLimiter`` (``rlm.backends.rate_limit``), every try waits for its turn, and a
+rate-limit answer pauses every caller of the backend once (its ``retry-after``, else the
+backoff delay) rather than this call alone.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rlm.errors import BackendError, BackendTimeoutError, Cancelled
+from rlm.backends.rate_limit import RateLimiter
+from rlm.errors import BackendError, BackendTimeoutError, Cancelled, RateLimitError
 from rlm.types import CompletionRequest
 
 __all__ = ["Failure", "RetryPolicy", "call_with_retries", "retry_after_s"]
@@ -89,18 +93,23 @@ def _in_thread(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
 
 def call_with_retries(what: str, request: CompletionRequest, policy: RetryPolicy,
                       attempt: Callable[[float], T],
-                      classify: Callable[[Exception], Failure | None]) -> T:
+                      classify: Callable[[Exception], Failure | None],
+                      limiter: RateLimiter | None = None, tokens: int = 0) -> T:
     """``attempt(timeout_s)`` until it returns; ``classify`` maps what it raises (``None``:
     not an SDK error, raised as it is).  Raises the last ``Failure.error``, or
-    ``Cancelled`` when the tree stops."""
+    ``Cancelled`` when the tree stops.  ``limiter``: each try books ``tokens`` with it
+    first (the caller settles the last booking with the usage reported)."""
     limit = policy.timeout_s if request.timeout_s is None else min(policy.timeout_s,
                                                                    request.timeout_s)
     deadline = time.monotonic() + max(limit, 0.001)
     tree_deadline = request.timeout_s is not None and request.timeout_s < policy.timeout_s
     cancel, retries = request.cancel, 0
+    error: BackendError | None = None
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"{what} call cancelled before it was sent")
+        if limiter is not None:
+            limiter.wait_turn(what, tokens, deadline, cancel, error)
         timeout = max(deadline - time.monotonic(), 0.001)
         try:
             if cancel is None:
@@ -125,6 +134,10 @@ def call_with_retries(what: str, request: CompletionRequest, policy: RetryPolicy
         if time.monotonic() + delay >= deadline:
             raise error
         retries += 1
+        if limiter is not None and isinstance(error, RateLimitError):
+            limiter.settle(tokens, 0)  # a refused request used no tokens
+            limiter.pause(delay)  # the whole tree waits, at the top of the loop
+            continue
         if cancel is None:
             time.sleep(delay)
         elif cancel.wait(delay):
