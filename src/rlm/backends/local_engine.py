@@ -104,12 +104,7 @@ class Engine:
         return self.parallel > 1 and tokens + budget + 8 <= self.batch_window
 
     def submit(self, job: Job) -> None:
-        with self._cond:
-            if self._closing:
-                raise BackendError("the local model is closed")
-            self._incoming.append(job)
-            self._ensure_thread()
-            self._cond.notify()
+        self._enqueue("_incoming", job)
 
     def prepare(self) -> None:
         """Create the context one-shot calls use now rather than at the first call."""
@@ -129,17 +124,22 @@ class Engine:
                 result.append((False, exc))
             done.set()
 
-        with self._cond:
-            if self._closing:
-                raise BackendError("the local model is closed")
-            self._calls.append(run)
-            self._ensure_thread()
-            self._cond.notify()
+        self._enqueue("_calls", run)
         done.wait()
         ok, value = result[0]
         if not ok:
             raise value
         return value
+
+    def _enqueue(self, queue: str, item: Any) -> None:
+        """Hand ``item`` to the engine thread (started on first use) through the list
+        ``queue`` names (looked up under the lock: the engine thread swaps them)."""
+        with self._cond:
+            if self._closing:
+                raise BackendError("the local model is closed")
+            getattr(self, queue).append(item)
+            self._ensure_thread()
+            self._cond.notify()
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
