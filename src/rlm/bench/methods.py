@@ -59,6 +59,8 @@ class MethodConfig:
     chunk_tokens: int = 1_000
     summary_tokens: int = 512
     environment: str = "local"
+    #: A sub-call cache for the RLM methods (``RLM(cache=...)``): a directory or SQLite file.
+    cache: str | None = None
 
 
 @dataclass
@@ -161,14 +163,15 @@ def _rlm_result(model: RLM, instance: Instance) -> MethodResult:
 
 def rlm(instance: Instance, backend: LMBackend, config: MethodConfig) -> MethodResult:
     with RLM(backend=backend, environment=config.environment, max_depth=1,
-             max_iterations=config.max_iterations, max_timeout=config.max_timeout) as model:
+             max_iterations=config.max_iterations, max_timeout=config.max_timeout,
+             cache=config.cache) as model:
         return _rlm_result(model, instance)
 
 
 def rlm_no_sub(instance: Instance, backend: LMBackend, config: MethodConfig) -> MethodResult:
     with RLM(backend=backend, environment=config.environment, max_depth=1,
              max_iterations=config.max_iterations, max_timeout=config.max_timeout,
-             sub_calls=False) as model:
+             sub_calls=False, cache=config.cache) as model:
         return _rlm_result(model, instance)
 
 

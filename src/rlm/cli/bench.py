@@ -82,13 +82,17 @@ def _option(text: str) -> tuple[str, Any]:
 @click.option("--max-timeout", type=float, metavar="S", help="Time limit per method run.")
 @click.option("--retry-errors", is_flag=True, help="Run again the rows that failed.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--cache", type=click.Path(path_type=Path), metavar="PATH",
+              help="Serve the RLM methods' repeated sub-calls from this cache (a directory "
+                   "or a SQLite file); a second run of a grid reuses the first's.")
 @click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="JSON list of replies for the scripted backend (offline runs).")
 def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backend: str | None,
           model: str | None, base_url: str | None, backend_options: tuple[str, ...],
           instances: int, seed: int, out: Path, report_dir: Path | None, concurrency: int,
           window: int | None, max_iterations: int, max_timeout: float | None,
-          retry_errors: bool, no_progress: bool, script: Path | None) -> None:
+          retry_errors: bool, no_progress: bool, script: Path | None,
+          cache: Path | None) -> None:
     """Compare methods on the benchmark tasks at several context lengths.
 
     One JSONL row per (instance, method) is appended to --out as it finishes; run the
@@ -104,7 +108,7 @@ def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backen
     kwargs = backend_kwargs(name, model=model, base_url=base_url, script=script,
                             options=dict(_option(o) for o in backend_options))
     config = MethodConfig(window_tokens=window, max_iterations=max_iterations,
-                          max_timeout=max_timeout)
+                          max_timeout=max_timeout, cache=None if cache is None else str(cache))
     rows = run(_names(tasks, list(TASKS)), parse_lengths(lengths),
                _names(methods, list(METHODS)), name, kwargs, instances, out, concurrency,
                seed=seed, config=config, progress=not no_progress, retry_errors=retry_errors)

@@ -52,6 +52,7 @@ class RunOptions:
     verbose: bool = False
     script: Path | None = None
     schema: Path | None = None
+    cache: Path | None = None
 
     def __post_init__(self) -> None:
         if self.trace is not None and self.no_trace:
@@ -117,7 +118,7 @@ def _build(options: RunOptions) -> RLM:
                max_depth=options.max_depth, max_iterations=options.max_iterations,
                max_budget=options.max_budget, max_timeout=options.max_timeout,
                max_tokens=options.max_tokens, max_errors=options.max_errors,
-               verbose=options.verbose, sub_backend=sub, trace=trace)
+               verbose=options.verbose, sub_backend=sub, trace=trace, cache=options.cache)
 
 
 @contextlib.contextmanager
@@ -200,6 +201,8 @@ def _exit_code(stop_reason: str) -> int:
 @click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
               metavar="PATH", help="Append the trace to this JSONL file.")
 @click.option("--no-trace", is_flag=True, help="Write no trace file.")
+@click.option("--cache", type=click.Path(path_type=Path), metavar="PATH",
+              help="Serve repeated sub-calls from this cache (a directory or a SQLite file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Draw the live call tree on stderr.")
 @click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
