@@ -91,10 +91,11 @@ def test_a_listed_label_set_makes_the_engine_label_every_record_before_turn_one(
     assert result.response == "3"
     assert len(labelled) == 6 and "a hammer" in labelled[0] and "User" not in labelled[0]
     assert "before your first turn" in firsts[0]
-    assert "6 of 6 records labelled" in firsts[0] and "'tool': 3" in firsts[0]
+    assert "6 of 6 records labelled. Records per label, most to least: tool: 3, fruit: 2, " \
+        "animal: 1" in firsts[0]
     assert "llm_map(" not in firsts[0]  # not its code: a small model would run it again
     ran = [e.data["code"] for e in result.trace.code_executions]
-    assert "llm_map(" in ran[0] and "per_call=1" in ran[0] and "Counter(labels)" in ran[1]
+    assert "llm_map(" in ran[0] and "per_call=1" in ran[0] and "_counts" in ran[1]
     # the default profile leaves the strategy to the model
     plain = RLM(backend="scripted", backend_kwargs={"responses": [repl("FINAL('0')")]})
     assert plain.completion(QUESTION, context=RECORDS).trace.code_executions[0].data[

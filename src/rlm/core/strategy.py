@@ -132,9 +132,16 @@ OPENING_HINT = (
     "only the records that happen to contain that word).")
 #: Records labelled per ``llm_map`` call of the opening block.
 LABEL_CHUNK = 64
-#: What the engine prints after the opening block, whether it finished or not.
-LABELLED = ('print(f"{len(labels)} of {len(lines)} records labelled; Counter(labels) =", '
-            'Counter(labels))\n')
+
+
+def labelled(labels: tuple[str, ...]) -> str:
+    """What the engine prints after the opening block, whether it finished or not: how
+    many records were labelled and the records per label, most to least (every label,
+    none left out for a count of 0: a small model misreads a ``Counter``'s order)."""
+    return (f"_counts = {{label: labels.count(label) for label in {labels!r}}}\n"
+            'print(f"{len(labels)} of {len(lines)} records labelled. Records per label, most '
+            'to least: " + ", ".join(f"{k}: {v}" for k, v in sorted(_counts.items(), '
+            'key=lambda kv: -kv[1])))\n')
 #: The code itself is not shown: a small model copies the last block it saw, and would
 #: label every record again.
 OPENING_NOTE = (
@@ -185,6 +192,7 @@ def plan(question: str | None, context: object = None, *, sub_calls: bool = True
     chosen = strategy(question, sub_calls=sub_calls)
     if chosen == "records" and question:
         opening = labelling_block(question, context)
-        if opening is not None:
-            return Plan(chosen, OPENING_HINT, opening, OPENING_NOTE, LABELLED)
+        listed = label_set(question)
+        if opening is not None and listed is not None:
+            return Plan(chosen, OPENING_HINT, opening, OPENING_NOTE, labelled(listed[1]))
     return None if chosen is None else Plan(chosen, HINTS[chosen])
