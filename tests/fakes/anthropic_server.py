@@ -36,10 +36,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.loopback import LoopbackHTTPServer, LoopbackService
+from tests.fakes.loopback import FakeHTTPServer, LoopbackService, PostHandler, send_json
 from tests.fakes.openai_server import RecordedRequest
 
 __all__ = ["FakeAnthropicServer", "text_of", "tokens"]
@@ -69,25 +68,6 @@ def text_of(content: Any) -> str:
     return "".join(b.get("text", "") for b in content if isinstance(b, dict))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.fake._serve(self, raw)
-
-
-class _Server(LoopbackHTTPServer):
-    def __init__(self, fake: FakeAnthropicServer) -> None:
-        self.fake = fake
-        super().__init__(_Handler)
-
-
 class FakeAnthropicServer(LoopbackService):
     """A real HTTP server in a thread that answers the Messages API."""
 
@@ -107,8 +87,8 @@ class FakeAnthropicServer(LoopbackService):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def _make_server(self) -> LoopbackHTTPServer:
-        return _Server(self)
+    def _make_server(self) -> FakeHTTPServer:
+        return FakeHTTPServer(self)
 
     def _opening(self) -> None:
         self._stopping.clear()
@@ -129,7 +109,7 @@ class FakeAnthropicServer(LoopbackService):
                 self._queue.append(_Scripted(text, status, dict(headers or {}), body, delay_s))
 
     # -- serving ----------------------------------------------------------------------------
-    def _serve(self, handler: _Handler, raw: bytes) -> None:
+    def _serve(self, handler: PostHandler, raw: bytes) -> None:
         try:
             body: Any = json.loads(raw or b"null")
         except ValueError:
@@ -229,7 +209,7 @@ class FakeAnthropicServer(LoopbackService):
                 "model": body.get("model"), "content": [{"type": "text", "text": text}],
                 "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage}
 
-    def _error(self, handler: _Handler, status: int, message: str,
+    def _error(self, handler: PostHandler, status: int, message: str,
                headers: dict[str, str] | None = None) -> None:
         kind = _ERROR_TYPES.get(status, "api_error")
         self._send(handler, status, {"type": "error", "error": {"type": kind,
@@ -237,16 +217,5 @@ class FakeAnthropicServer(LoopbackService):
                    headers or {})
 
     @staticmethod
-    def _send(handler: _Handler, status: int, body: Any, headers: dict[str, str]) -> None:
-        payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.send_header("request-id", "req_fake")
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:
-            handler.close_connection = True
+    def _send(handler: PostHandler, status: int, body: Any, headers: dict[str, str]) -> None:
+        send_json(handler, status, body, {"request-id": "req_fake", **headers})

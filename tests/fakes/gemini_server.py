@@ -30,11 +30,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tests.fakes.anthropic_server import tokens
-from tests.fakes.loopback import LoopbackHTTPServer, LoopbackService
+from tests.fakes.loopback import FakeHTTPServer, LoopbackService, PostHandler, send_json
 from tests.fakes.openai_server import RecordedRequest
 
 __all__ = ["FakeGeminiServer"]
@@ -52,25 +51,6 @@ class _Scripted:
     delay_s: float = 0.0
     blocked: str | None = None
     finish_reason: str = "STOP"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.fake._serve(self, raw)
-
-
-class _Server(LoopbackHTTPServer):
-    def __init__(self, fake: FakeGeminiServer) -> None:
-        self.fake = fake
-        super().__init__(_Handler)
 
 
 class FakeGeminiServer(LoopbackService):
@@ -91,8 +71,8 @@ class FakeGeminiServer(LoopbackService):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def _make_server(self) -> LoopbackHTTPServer:
-        return _Server(self)
+    def _make_server(self) -> FakeHTTPServer:
+        return FakeHTTPServer(self)
 
     def _opening(self) -> None:
         self._stopping.clear()
@@ -112,7 +92,7 @@ class FakeGeminiServer(LoopbackService):
                 self._queue.append(_Scripted(text, status, dict(headers or {}), body, delay_s,
                                              blocked, finish_reason))
 
-    def _serve(self, handler: _Handler, raw: bytes) -> None:
+    def _serve(self, handler: PostHandler, raw: bytes) -> None:
         try:
             body: Any = json.loads(raw or b"null")
         except ValueError:
@@ -195,21 +175,11 @@ class FakeGeminiServer(LoopbackService):
             candidate["content"] = content
         return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
 
-    def _error(self, handler: _Handler, status: int, message: str,
+    def _error(self, handler: PostHandler, status: int, message: str,
                headers: dict[str, str] | None = None) -> None:
         error = {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}
         self._send(handler, status, {"error": error}, headers or {})
 
     @staticmethod
-    def _send(handler: _Handler, status: int, body: Any, headers: dict[str, str]) -> None:
-        payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json; charset=UTF-8")
-            handler.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:
-            handler.close_connection = True
+    def _send(handler: PostHandler, status: int, body: Any, headers: dict[str, str]) -> None:
+        send_json(handler, status, body, headers, "application/json; charset=UTF-8")

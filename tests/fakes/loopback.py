@@ -8,6 +8,7 @@ moments around starting and stopping.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -113,3 +114,50 @@ class LoopbackService:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+
+class PostHandler(BaseHTTPRequestHandler):
+    """Hands each POST body to the fake behind the server (``server.fake._serve``)."""
+
+    # headers and body go out in two writes: without this, Nagle's algorithm holds the
+    # body until the client's delayed ACK (~40 ms a request)
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+    server: FakeHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.fake._serve(self, raw)
+
+
+class FakeHTTPServer(LoopbackHTTPServer):
+    """The server of a fake API: ``fake`` answers what ``handler`` receives."""
+
+    def __init__(self, fake: Any, handler: type[BaseHTTPRequestHandler] = PostHandler) -> None:
+        self.fake = fake
+        super().__init__(handler)
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any,
+              headers: dict[str, str], content_type: str = "application/json") -> None:
+    """Send ``body`` (bytes, text, or a value sent as JSON) with ``headers``; a client that
+    hung up only closes the connection."""
+    if isinstance(body, bytes):
+        payload = body
+    elif isinstance(body, str):
+        payload = body.encode()
+    else:
+        payload = json.dumps(body).encode()
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except OSError:
+        handler.close_connection = True

@@ -51,10 +51,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.loopback import LoopbackHTTPServer, LoopbackService
+from tests.fakes.loopback import FakeHTTPServer, LoopbackService, PostHandler, send_json
 
 __all__ = ["FakeOpenAIServer", "RecordedRequest", "ScriptedResponse", "main"]
 
@@ -85,27 +84,7 @@ class ScriptedResponse:
     drop: bool = False
 
 
-class _Server(LoopbackHTTPServer):
-    def __init__(self, fake: FakeOpenAIServer) -> None:
-        self.fake = fake
-        super().__init__(_Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    # headers and body go out in two writes: without this, Nagle's algorithm holds the
-    # body until the client's delayed ACK (~40 ms a request)
-    disable_nagle_algorithm = True
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.fake._serve(self, raw)
-
+class _Handler(PostHandler):
     def do_GET(self) -> None:
         self.server.fake._send(self, 404, {"error": {"message": "not found"}}, {})
 
@@ -139,8 +118,8 @@ class FakeOpenAIServer(LoopbackService):
             self._refuse_once = retry_after
 
     # -- lifecycle (``LoopbackService``) ----------------------------------------------------
-    def _make_server(self) -> LoopbackHTTPServer:
-        return _Server(self)
+    def _make_server(self) -> FakeHTTPServer:
+        return FakeHTTPServer(self, _Handler)
 
     def _opening(self) -> None:
         self._stopping.clear()
@@ -275,22 +254,7 @@ class FakeOpenAIServer(LoopbackService):
 
     @staticmethod
     def _send(handler: _Handler, status: int, body: Any, headers: dict[str, str]) -> None:
-        if isinstance(body, bytes):
-            payload = body
-        elif isinstance(body, str):
-            payload = body.encode()
-        else:
-            payload = json.dumps(body).encode()
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:
-            handler.close_connection = True  # the client went away (it timed out)
+        send_json(handler, status, body, headers)
 
 
 def main(argv: list[str] | None = None) -> None:
