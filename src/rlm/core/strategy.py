@@ -153,12 +153,12 @@ OPENING_NOTE = (
     "\"some text\" in line).")
 
 
-def labelling_block(question: str, context: object) -> str | None:
-    """The block that labels every record, when the question lists the labels.  It labels
-    in chunks, so a block stopped by the time limit leaves the labels it has."""
-    listed = label_set(question)
+def labelling_block(listed: tuple[str, tuple[str, ...]], context: object) -> str | None:
+    """The block that labels every record of ``context`` with the labels ``label_set``
+    found, when the records are lines.  It labels in chunks, so a block stopped by the
+    time limit leaves the labels it has."""
     lines = context.split("\n") if isinstance(context, str) else []
-    if listed is None or len([line for line in lines if line.strip()]) < 2:
+    if len([line for line in lines if line.strip()]) < 2:
         return None
     written, labels = listed
     where = record_field(lines)
@@ -191,8 +191,8 @@ def plan(question: str | None, context: object = None, *, sub_calls: bool = True
     """The strategy for ``question`` over ``context``, if its wording calls for one."""
     chosen = strategy(question, sub_calls=sub_calls)
     if chosen == "records" and question:
-        opening = labelling_block(question, context)
         listed = label_set(question)
-        if opening is not None and listed is not None:
+        opening = None if listed is None else labelling_block(listed, context)
+        if listed is not None and opening is not None:
             return Plan(chosen, OPENING_HINT, opening, OPENING_NOTE, labelled(listed[1]))
     return None if chosen is None else Plan(chosen, HINTS[chosen])
