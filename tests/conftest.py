@@ -3,11 +3,22 @@ model (loaded once a session, for the tests marked ``model``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from rlm.backends.scripted import ScriptedBackend
+
+#: tests/distributed need a Ray cluster: scripts/test-distributed.sh starts one (in a
+#: private network namespace) and sets RLM_RAY_ADDRESS; scripts/test.sh runs it.
+collect_ignore = [] if os.environ.get("RLM_RAY_ADDRESS") else ["distributed"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("RLM_RAY_ADDRESS"):
+        return f"ray cluster: {os.environ['RLM_RAY_ADDRESS']}"
+    return "tests/distributed: not collected (run scripts/test-distributed.sh for them)"
 
 PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GROQ_API_KEY")
 

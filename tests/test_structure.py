@@ -39,9 +39,10 @@ RANKS: list[set[str]] = [
     {"tools"},  # checks tool names against the REPL's own (bridge.guest)
     {"environments"},
     {"core", "registry"},  # core never looks a backend or environment up by name
+    {"batch"},  # many completions over one ledger (api's batch(); distributed's runner)
     {"api"},
     {"rlm"},  # the package's __init__: the public names
-    {"bench", "serve"},
+    {"bench", "serve", "distributed"},  # distributed: found by name (registry), extra ray
     {"cli"},
 ]
 TIER = {unit: rank for rank, units in enumerate(RANKS) for unit in units}

@@ -7,16 +7,16 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from rlm import registry
 from rlm.backends.base import LMBackend
 from rlm.bridge import schema as schemas
 from rlm.core.engine import Engine, Session
-from rlm.core.limits import Limits
+from rlm.core.limits import Ledger, Limits
 from rlm.core.loop import LoopConfig
 from rlm.core.routing import ModelRouter
 from rlm.environments.base import Environment
@@ -25,6 +25,9 @@ from rlm.result import RLMResult
 from rlm.tools import ToolSpec, make_tools
 from rlm.trace.cache import LMCache, open_cache
 from rlm.trace.sinks import JsonlSink, MultiSink, NullSink, TraceSink
+
+if TYPE_CHECKING:
+    from rlm.batch import Executor, OnResult
 
 __all__ = ["RLM"]
 
@@ -131,6 +134,21 @@ def _trace_targets(trace: TraceSpec | None, renamed: dict[str, Any]
             None if file is None else Path(file), sinks)
 
 
+def _executor(name: str, kwargs: Mapping[str, Any] | None, recipe: dict[str, Any],
+              instance: Environment | None) -> Executor | None:
+    """``None`` for ``"local"``; else the registered executor (``"ray"``: extra ``ray``)."""
+    if name == "local":
+        if kwargs:
+            raise ConfigError("executor_kwargs are for an executor other than 'local'")
+        return None
+    cls = registry.get_executor_class(name)
+    if instance is not None:
+        raise ConfigError(f"executor={name!r} builds each child's environment where it runs: "
+                          "pass the environment by name or factory, not an instance")
+    executor: Executor = cls(dict(kwargs or {}), recipe)
+    return executor
+
+
 class RLM:
     """A Recursive Language Model: ``completion(prompt)`` answers over an input of any size.
 
@@ -164,6 +182,11 @@ class RLM:
     - ``cache``: a cache of LM calls shared by every call of this object (and, through the
       file, by other processes): a directory or a SQLite file path, or an
       ``rlm.trace.cache.LMCache`` (``MemoryCache()``, ``SQLiteCache(path, turns=True)``).
+    - ``executor``: where child RLMs (``rlm_query``) and ``batch()`` items run:
+      ``"local"`` (threads of this process, the default) or ``"ray"`` (tasks on a Ray
+      cluster, extra ``ray``; ``executor_kwargs`` are ``rlm.distributed.RayOptions``:
+      ``address``, ``num_cpus``, ``resources``...).  The limits stay one ledger for the
+      whole tree; see docs/distributed.md.
       Sub-calls whose reply is stored are served from it at no cost (``cache:<model>`` in
       ``usage``, ``cached: true`` in the trace).  A path is opened here and closed by
       ``close()``; an object is the caller's.
@@ -195,8 +218,15 @@ class RLM:
         persistent: bool = False,
         trace: TraceSpec | None = None,
         cache: CacheSpec | None = None,
+        executor: str = "local",
+        executor_kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[LoopOptions],
     ) -> None:
+        recipe = {"backend": backend, "backend_kwargs": backend_kwargs,
+                  "environment": environment, "environment_kwargs": environment_kwargs,
+                  "limits": None, "loop": None, "sub_backend": sub_backend, "models": models,
+                  "tools": tools, "cache": cache if isinstance(cache, str | os.PathLike)
+                  else None, "executor": executor, "executor_kwargs": executor_kwargs}
         renamed = _pop_renamed(options)  # type: ignore[arg-type]
         unknown = sorted(set(options) - _LOOP_FIELDS)
         if unknown:
@@ -223,8 +253,18 @@ class RLM:
 
         self._env_instance = environment if isinstance(environment, Environment) else None
         self._env_factory = _environment_factory(environment, environment_kwargs)
+        recipe.update(limits=self.limits, loop=self.loop)
+        self._recipe = recipe
+        self._executor_name = executor
+        try:
+            self.executor = _executor(executor, executor_kwargs, recipe, self._env_instance)
+        except BaseException:
+            self.close()
+            raise
         self.engine = Engine(self.router, self._env_factory, self.limits, self.loop,
-                             checked_tools, cache=self.cache)
+                             checked_tools, cache=self.cache,
+                             children=None if self.executor is None else
+                             self.executor.children())
 
     # -- construction helpers ---------------------------------------------------------------
     def _router(self, backend: BackendSpec, backend_kwargs: Mapping[str, Any] | None,
@@ -297,6 +337,13 @@ class RLM:
         again), and ``result.output`` is the parsed answer (``Model.model_validate(...)``
         for a pydantic model), or ``None`` with ``result.output_error`` saying why.
         """
+        return self.complete_within(prompt, context, root_prompt=root_prompt, schema=schema)
+
+    def complete_within(self, prompt: Any, context: Any = None, *,
+                        root_prompt: str | None = None, schema: Any = None,
+                        budget: Ledger | None = None) -> RLMResult:
+        """``completion``, spending from ``budget`` (a ``Budget`` whose ``parent`` is a
+        batch's ledger, say) instead of a ledger of its own."""
         question, data = self._split(prompt, context, root_prompt)
         json_schema = None if schema is None else schemas.to_json_schema(schema)
         sink, path = self._sink()
@@ -305,10 +352,11 @@ class RLM:
             if session is not None:
                 with session.lock:
                     return _typed(self.engine.run(question, data, sink=sink, session=session,
-                                                  trace_path=path, schema=json_schema), schema)
+                                                  trace_path=path, schema=json_schema,
+                                                  budget=budget), schema)
             return _typed(self.engine.run(question, data, sink=sink, trace_path=path,
                                           root_environment=self._env_instance,
-                                          schema=json_schema), schema)
+                                          schema=json_schema, budget=budget), schema)
         finally:
             sink.close()
 
@@ -333,6 +381,69 @@ class RLM:
                                                  schema=json_schema), schema)
         finally:
             sink.close()
+
+    def batch(self, prompts: Sequence[Any], contexts: Sequence[Any] | None = None, *,
+              executor: str | None = None, batch_budget: float | None = None,
+              max_concurrency: int | None = None, schema: Any = None,
+              on_result: OnResult | None = None) -> list[RLMResult]:
+        """Run one completion per prompt (with ``contexts[i]`` as its input when given) and
+        return the results in order.  A failing item does not stop the others: its result
+        has ``stop_reason="error"`` and ``error``.  ``batch_budget`` (USD) caps the whole
+        batch on top of each completion's own limits; ``executor`` (default: this RLM's)
+        is ``"local"`` (``max_concurrency`` threads, default 4) or ``"ray"`` (tasks
+        across the cluster, at most ``max_concurrency`` in flight, default all);
+        ``on_result(index, result)`` is called as each one finishes."""
+        from rlm.batch import items_of, run_batch
+
+        if self.persistent:
+            raise ConfigError("batch() runs independent completions; persistent=True keeps "
+                              "one REPL, so use completion() in a loop")
+        if batch_budget is not None:
+            Limits(max_budget=batch_budget)  # checked like every limit
+            unpriced = self.router.unpriced()
+            if unpriced:
+                raise ConfigError(f"batch_budget is set but the price of "
+                                  f"{', '.join(unpriced)} is unknown")
+        if max_concurrency is not None and (isinstance(max_concurrency, bool) or not
+                                            isinstance(max_concurrency, int)
+                                            or max_concurrency < 1):
+            raise ConfigError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        items = items_of(prompts, contexts)
+        chosen = executor or self._executor_name
+        if chosen == "local":
+            return run_batch(self, items, batch_budget=batch_budget,
+                             max_concurrency=max_concurrency or 4, schema=schema,
+                             on_result=on_result)
+        remote = self.executor if chosen == self._executor_name else None
+        remote = remote or _executor(chosen, None, dict(self._recipe), self._env_instance)
+        assert remote is not None
+        return remote.batch(self, items, batch_budget=batch_budget,
+                            max_in_flight=max_concurrency or len(items) or 1,
+                            schema=schema, on_result=on_result)
+
+    async def abatch(self, prompts: Sequence[Any], contexts: Sequence[Any] | None = None,
+                     **kwargs: Any) -> list[RLMResult]:
+        """The async twin of ``batch`` (it runs in a worker thread)."""
+        return await asyncio.to_thread(self.batch, prompts, contexts, **kwargs)
+
+    def write_trace(self, result: RLMResult, events: list[Any]) -> None:
+        """Write ``events`` (a completion run elsewhere) where this RLM's traces go."""
+        sink, path = self._sink()
+        try:
+            for event in events:
+                sink.emit(event)
+        finally:
+            sink.close()
+        result.trace_path = path
+
+    @staticmethod
+    def typed(result: RLMResult, schema: Any) -> RLMResult:
+        """``result`` with ``output`` validated against ``schema`` (a pydantic model...)."""
+        return result if schema is None else _typed(result, schema)
+
+    def split(self, prompt: Any, context: Any) -> tuple[str | None, Any]:
+        """The question and the input of ``completion(prompt, context)``."""
+        return self._split(prompt, context, None)
 
     @staticmethod
     def _split(prompt: Any, context: Any, root_prompt: str | None) -> tuple[str | None, Any]:

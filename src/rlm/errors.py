@@ -135,6 +135,10 @@ class BridgeProtocolError(EnvError):
     """A message between the environment and the LM handler was malformed or refused."""
 
 
+class RemoteError(RLMError):
+    """Work sent to a cluster failed there: its worker or node died, or it was lost."""
+
+
 class LimitExceeded(RLMError):
     """A limit shared by the whole call tree was reached.
 

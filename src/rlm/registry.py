@@ -29,6 +29,7 @@ __all__ = [
     "environment_names",
     "get_backend_class",
     "get_environment_class",
+    "get_executor_class",
     "register_backend",
     "register_environment",
 ]
@@ -64,6 +65,10 @@ _ENVIRONMENTS: dict[str, Any] = {
     "sandbox": "rlm.environments.sandbox:SandboxEnvironment",
     "gvisor": "rlm.environments.gvisor:GVisorEnvironment",
 }
+#: Where ``RLM(executor=name)`` sends child RLMs and batch items ("local" is built in).
+_EXECUTORS: dict[str, Any] = {
+    "ray": "rlm.distributed:RayExecutor",
+}
 #: The extra that provides a built-in whose import fails.
 _EXTRAS: dict[str, str] = {}
 _plugins_loaded = False
@@ -84,7 +89,8 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for group, table in (("rlm.backends", _BACKENDS), ("rlm.environments", _ENVIRONMENTS)):
+    for group, table in (("rlm.backends", _BACKENDS), ("rlm.environments", _ENVIRONMENTS),
+                         ("rlm.executors", _EXECUTORS)):
         for entry in entry_points(group=group):
             table.setdefault(entry.name, entry.value)
 
@@ -118,6 +124,11 @@ def get_backend_class(name: str) -> Any:
 def get_environment_class(name: str) -> Any:
     """The environment class registered as ``name`` (``UnknownEnvironmentError`` if none)."""
     return _resolve(_ENVIRONMENTS, name, "environment", UnknownEnvironmentError)
+
+
+def get_executor_class(name: str) -> Any:
+    """The executor class registered as ``name`` (``ConfigError`` if none)."""
+    return _resolve(_EXECUTORS, name, "executor", ConfigError)
 
 
 def backend_names() -> list[str]:

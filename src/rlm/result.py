@@ -41,6 +41,11 @@ class RLMResult:
     output: Any = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
     output_error: str | None = None
+    #: Why this completion failed, when it did not run to an answer (``RLM.batch`` keeps
+    #: going past a failed item and gives it ``stop_reason="error"`` and this message).
+    error: str | None = None
+    #: Where it ran when it ran on a cluster: ``{"node": Ray node id, "pid": worker pid}``.
+    placement: dict[str, Any] | None = None
 
     @property
     def input_tokens(self) -> int:
@@ -67,6 +72,8 @@ class RLMResult:
             "evidence": list(self.evidence),
             "output": _jsonable(self.output),
             "output_error": self.output_error,
+            "error": self.error,
+            "placement": self.placement,
         }
 
 

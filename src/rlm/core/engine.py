@@ -8,7 +8,7 @@ async), and leaving it winds the run down whatever happened.
 
 Every failure reaches the caller as an ``RLMError`` with the result so far in
 ``exc.partial``: environment operations (start, set_variable, execute, close) go through
-``_env_call``, which turns anything but an ``RLMError`` (a ``ProcessLookupError`` of a dead
+``env_call``, which turns anything but an ``RLMError`` (a ``ProcessLookupError`` of a dead
 REPL, a ``SystemExit``, a ``TypeError`` of a malformed reply...) into an ``EnvError``
 chained to it, and a block result of the wrong shape is an ``EnvError`` too.  Only
 ``KeyboardInterrupt`` and asyncio cancellation pass through as they are (after the run is
@@ -23,20 +23,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from rlm.bridge import schema as schemas
 from rlm.bridge.guest import SETTINGS_NAME
-from rlm.bridge.protocol import error_reply
 from rlm.context import describe_context, load_context
 from rlm.core import prompts
 from rlm.core.handler import LMHandler
-from rlm.core.limits import Budget, Limits
+from rlm.core.limits import Budget, Ledger, Limits
 from rlm.core.loop import CallLM, Loop, LoopConfig, Outcome, RunCode, Step
 from rlm.core.routing import ModelRouter
+from rlm.core.session import Session, checked_result, env_call
 from rlm.core.strategy import Plan, plan
 from rlm.environments.base import Environment
-from rlm.errors import Cancelled, EnvError, LimitExceeded, RLMError
+from rlm.errors import Cancelled, LimitExceeded, RLMError
 from rlm.result import RLMResult
 from rlm.tools import Tool
 from rlm.trace.cache import LMCache
@@ -44,9 +44,9 @@ from rlm.trace.preview import preview_fields
 from rlm.trace.sinks import MemorySink, MultiSink, TraceSink
 from rlm.trace.tracer import Tracer
 from rlm.trace.tree import build_tree
-from rlm.types import Answer, ExecResult, HostCall, Message, NodeRef
+from rlm.types import ExecResult, HostCall, Message, NodeRef
 
-__all__ = ["MIN_BLOCK_S", "Engine", "Run", "Session"]
+__all__ = ["MIN_BLOCK_S", "ChildRunner", "Engine", "Run", "Session"]
 
 EnvironmentFactory = Callable[[], Environment]
 
@@ -54,79 +54,8 @@ EnvironmentFactory = Callable[[], Environment]
 MIN_BLOCK_S = 1.0
 
 
-class Session:
-    """REPL state kept across ``completion()`` calls (``RLM(persistent=True)``).
-
-    The environment stays open; each call adds ``context_<n>`` and appends
-    ``{"question", "answer"}`` to ``history`` (``record``).  A run ``enter``s the session
-    (the REPL then reaches that run's LM handler through ``dispatch``) and ``leave``s it.
-    """
-
-    def __init__(self, environment: Environment, owned: bool) -> None:
-        self.environment, self.owned, self.turn = environment, owned, 0
-        self.history: list[dict[str, str]] = []
-        self._target: HostCall | None = None
-        self.lock = threading.Lock()
-
-    def enter(self, target: HostCall) -> None:
-        """Route the REPL's requests to ``target`` (the LM handler of the run under way)."""
-        self._target = target
-
-    def leave(self) -> None:
-        """The run under way has ended: the REPL's requests are refused until the next."""
-        self._target = None
-
-    def record(self, question: str | None, answer: str) -> None:
-        """Append a finished call to ``history``, in the REPL too."""
-        self.history.append({"question": question or "", "answer": answer})
-        self.turn += 1
-        _env_call(self.environment, "set_variable", self.environment.set_variable, "history",
-                  list(self.history))
-
-    def dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one REPL request to the run under way (refused when none is)."""
-        if self._target is None:
-            return error_reply("Cancelled", "no completion is running")
-        return self._target(message)
-
-    def close(self) -> None:
-        if self.owned:
-            self.environment.close()
-
-
 def _new_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-#: Exceptions that are not failures of the run: they pass through ``_env_call`` unchanged.
-_PASS_THROUGH = (RLMError, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit)
-
-
-def _env_call(env: Environment, what: str, operation: Callable[..., Any], *args: Any,
-              **kwargs: Any) -> Any:
-    """Run one operation of ``env``; a non-rlm exception comes out as an ``EnvError``."""
-    try:
-        return operation(*args, **kwargs)
-    except _PASS_THROUGH:
-        raise
-    except BaseException as exc:  # a dead REPL, a bad frame, even SystemExit
-        name = getattr(env, "name", type(env).__name__)
-        raise EnvError(f"the {name} environment failed in {what}: "
-                       f"{type(exc).__name__}: {exc}") from exc
-
-
-def _checked(env: Environment, result: Any) -> ExecResult:
-    """``result`` when it is a well-formed ``ExecResult``, else an ``EnvError``."""
-    final = getattr(result, "final", None)
-    if (isinstance(result, ExecResult) and isinstance(result.stdout, str)
-            and isinstance(result.stderr, str) and isinstance(result.error, str | None)
-            and (final is None or (isinstance(final, Answer) and isinstance(final.text, str)))
-            and all(isinstance(note, str) for note in result.notes)
-            and isinstance(result.elapsed_s, int | float)):
-        return result
-    name = getattr(env, "name", type(env).__name__)
-    raise EnvError(f"the {name} environment returned a malformed block result: "
-                   f"{result!r:.200}")
 
 
 class _Stepper:
@@ -169,18 +98,27 @@ class Run:
     ``run.drive_sync(context)`` / ``await run.drive_async(context)`` run the root, and
     leaving the block winds down (``_finish``) and sets ``run.result``.  ``schema``: the
     JSON Schema the root's answer is told, checked against and parsed by (``output``).
+    ``budget``: the ledger to spend from (a batch's ``Budget(parent=...)``, or a cluster's
+    ``RemoteBudget`` when this run hosts a child of a tree on another machine); by default
+    a new ``Budget`` of the engine's limits.  The root's environment is made when first
+    needed, so a run that only hosts children (``spawn_child``) never makes one.
     """
 
     def __init__(self, engine: Engine, sink: TraceSink, question: str | None, *,
                  session: Session | None, root_environment: Environment | None,
-                 trace_path: str | None, schema: dict[str, Any] | None = None) -> None:
+                 trace_path: str | None, schema: dict[str, Any] | None = None,
+                 budget: Ledger | None = None) -> None:
         self.schema = schema
         self.router, self.limits = engine.router, engine.limits
         self.loop_config, self.tools = engine.loop, engine.tools
         self.environment_factory = engine.environment_factory
         self.question, self.session, self.trace_path = question, session, trace_path
         self.started = time.monotonic()
-        self.budget = Budget(self.limits)
+        self.children = engine.children
+        if budget is None:
+            budget = Budget(self.limits) if self.children is None else \
+                self.children.ledger(self.limits)
+        self.budget: Ledger = budget
         self.memory = MemorySink()
         self.tracer = Tracer(MultiSink(self.memory, sink), secrets=self.router.secrets())
         cfg = self.loop_config
@@ -192,16 +130,20 @@ class Run:
         )
         self.root = NodeRef(_new_id(), None, 0)
         self.owned = session is None and root_environment is None
-        if session is not None:
-            self.env = session.environment
-        else:
-            self.env = root_environment or self.environment_factory()
+        self._env = session.environment if session is not None else root_environment
         self.outcome: Outcome | None = None
         self.result: RLMResult | None = None
         self._root_loop: Loop | None = None
         #: Per open node, what removes its environment's ``interrupt`` from ``on_stop``.
         self._stops: dict[str, Callable[[], None]] = {}
         self._openings: dict[str, Plan | None] = {}  # per node: a first step to take
+
+    @property
+    def env(self) -> Environment:
+        """The root's environment (made by the factory on first use when the run owns it)."""
+        if self._env is None:
+            self._env = self.environment_factory()
+        return self._env
 
     def _call_for(self, node: NodeRef) -> HostCall:
         return lambda message: self.handler.handle(message, node)
@@ -258,6 +200,13 @@ class Run:
         is the whole result; after a run that raised, the first error is kept and gets the
         result so far as its ``partial``.
         """
+        try:
+            self._wind_down(error)
+        finally:
+            if self.children is not None:
+                self.children.finish(self)
+
+    def _wind_down(self, error: BaseException | None) -> None:
         self.budget.close()
         self.release(self.root)
         # Whatever is still running belongs to a finished run (a thread model code left, a
@@ -273,9 +222,9 @@ class Run:
             try:
                 if self.session is not None:
                     self.session.leave()
-                elif self.owned:
+                elif self.owned and self._env is not None:
                     try:
-                        _env_call(self.env, "close", self.env.close)
+                        env_call(self.env, "close", self.env.close)
                     except RLMError as exc:
                         late = exc
             finally:
@@ -333,19 +282,19 @@ class Run:
                   schema: dict[str, Any] | None = None) -> list[Message]:
         """Start ``env`` for ``node``, load ``context`` and return the first messages."""
         cfg = self.loop_config
-        _env_call(env, "start", env.start, call, self.tools)
+        env_call(env, "start", env.start, call, self.tools)
         # A cancel or a limit stops the block under way, not only the next step.
         self._stops[node.run_id] = self.budget.on_stop(env.interrupt)
-        _env_call(env, "set_variable", env.set_variable, SETTINGS_NAME,
+        env_call(env, "set_variable", env.set_variable, SETTINGS_NAME,
                   {"max_answer_chars": cfg.max_answer_chars})
         value = load_context(context)
         names: list[str] = []
         if session is not None:
-            _env_call(env, "set_variable", env.set_variable, f"context_{session.turn}", value)
-            _env_call(env, "set_variable", env.set_variable, "history",
+            env_call(env, "set_variable", env.set_variable, f"context_{session.turn}", value)
+            env_call(env, "set_variable", env.set_variable, "history",
                       list(session.history))
             names = [f"context_{i}" for i in range(session.turn + 1)]
-        _env_call(env, "set_variable", env.set_variable, "context", value)
+        env_call(env, "set_variable", env.set_variable, "context", value)
         self.tracer.emit(
             "run_start", node, **preview_fields(question=question),
             context_type=type(value).__name__,
@@ -404,13 +353,21 @@ class Run:
         if self.budget.tripped is not None:  # stopped since the reply: do not start it
             reason = self.budget.tripped
             return ExecResult(error=f"{type(reason).__name__}: {reason}; the block was not run")
-        return _checked(env, _env_call(env, "execute", env.execute, step.code,
+        return checked_result(env, env_call(env, "execute", env.execute, step.code,
                                        timeout_s=self.block_time_s(step.time_share)))
 
     def spawn_child(self, prompt: str, context: Any, parent: NodeRef,
                     schema: dict[str, Any] | None = None) -> str:
-        """Run a child RLM one level below ``parent`` (called by ``rlm_query``)."""
+        """Run a child RLM one level below ``parent`` (called by ``rlm_query``): here, or
+        where the engine's ``children`` runner sends it (a Ray cluster)."""
         node = NodeRef(_new_id(), parent.run_id, parent.depth + 1)
+        if self.children is not None:
+            return self.children.spawn(self, node, prompt, context, schema)
+        return self.run_child(node, prompt, context, schema)
+
+    def run_child(self, node: NodeRef, prompt: str, context: Any,
+                  schema: dict[str, Any] | None = None) -> str:
+        """Run the child ``node`` to its end in this process and return its answer."""
         env = self.environment_factory()
         started = time.monotonic()
         outcome = None
@@ -425,24 +382,41 @@ class Run:
         finally:
             self.release(node)
             try:
-                _env_call(env, "close", env.close)
+                env_call(env, "close", env.close)
             finally:
                 if outcome is not None:
                     self.close_node(node, outcome, None, started)
 
 
+class ChildRunner(Protocol):
+    """Runs child RLMs somewhere else (``rlm.distributed.RayChildren``): ``ledger`` makes a
+    new run's ledger (one its children can spend from wherever they run), ``spawn``
+    returns the answer of ``node`` (run against ``run``'s ledger and trace) or raises, and
+    ``finish`` is told when a run is over."""
+
+    def ledger(self, limits: Limits) -> Ledger: ...
+
+    def spawn(self, run: Run, node: NodeRef, prompt: str, context: Any,
+              schema: dict[str, Any] | None) -> str: ...
+
+    def finish(self, run: Run) -> None: ...
+
+
 class Engine:
-    """Runs completions for one configuration; safe to use from several threads at once."""
+    """Runs completions for one configuration; safe to use from several threads at once.
+
+    ``children``: where child RLMs run (``None``: in this process, one thread each)."""
 
     def __init__(self, router: ModelRouter, environment_factory: EnvironmentFactory,
                  limits: Limits, loop: LoopConfig | None = None,
-                 tools: dict[str, Tool] | None = None, cache: LMCache | None = None) -> None:
-        self.router, self.cache = router, cache
+                 tools: dict[str, Tool] | None = None, cache: LMCache | None = None,
+                 children: ChildRunner | None = None) -> None:
+        self.router, self.cache, self.children = router, cache, children
         self.environment_factory = environment_factory
         self.limits = limits
         self.loop = loop or LoopConfig()
         self.tools = dict(tools or {})
-        self._active: set[Budget] = set()
+        self._active: set[Ledger] = set()
         self._active_lock = threading.Lock()
 
     def cancel(self) -> None:
@@ -452,34 +426,36 @@ class Engine:
                 budget.cancel()
 
     @contextlib.contextmanager
-    def _tracked(self, run: Run) -> Iterator[Run]:
+    def tracking(self, ledger: Ledger) -> Iterator[Ledger]:
+        """``cancel()`` cancels ``ledger`` while the block runs (a run's, or a batch's)."""
         with self._active_lock:
-            self._active.add(run.budget)
+            self._active.add(ledger)
         try:
-            yield run
+            yield ledger
         finally:
             with self._active_lock:
-                self._active.discard(run.budget)
+                self._active.discard(ledger)
 
     def open(self, question: str | None, *, sink: TraceSink, session: Session | None = None,
              trace_path: str | None = None, root_environment: Environment | None = None,
-             schema: dict[str, Any] | None = None) -> Run:
-        """A new ``Run`` (``session``: the persistent REPL to use; ``schema``: see ``Run``)."""
+             schema: dict[str, Any] | None = None, budget: Ledger | None = None) -> Run:
+        """A new ``Run`` (``session``: the persistent REPL to use; ``schema``, ``budget``:
+        see ``Run``)."""
         return Run(self, sink, question, session=session, root_environment=root_environment,
-                   trace_path=trace_path, schema=schema)
+                   trace_path=trace_path, schema=schema, budget=budget)
 
     def run(self, question: str | None, context: Any, *, sink: TraceSink,
             session: Session | None = None, trace_path: str | None = None,
             root_environment: Environment | None = None,
-            schema: dict[str, Any] | None = None) -> RLMResult:
+            schema: dict[str, Any] | None = None, budget: Ledger | None = None) -> RLMResult:
         """Run one call tree to its end and return its result.
 
         Limits end the run with a matching ``stop_reason``; a failure of the backend or the
         environment raises, with the result so far in ``exc.partial``.
         """
         run = self.open(question, sink=sink, session=session, trace_path=trace_path,
-                        root_environment=root_environment, schema=schema)
-        with self._tracked(run), run:
+                        root_environment=root_environment, schema=schema, budget=budget)
+        with self.tracking(run.budget), run:
             run.drive_sync(context)
         assert run.result is not None
         return run.result
@@ -487,11 +463,12 @@ class Engine:
     async def arun(self, question: str | None, context: Any, *, sink: TraceSink,
                    session: Session | None = None, trace_path: str | None = None,
                    root_environment: Environment | None = None,
-                   schema: dict[str, Any] | None = None) -> RLMResult:
+                   schema: dict[str, Any] | None = None,
+                   budget: Ledger | None = None) -> RLMResult:
         """The async twin of ``run``; cancelling the task cancels the whole tree."""
         run = self.open(question, sink=sink, session=session, trace_path=trace_path,
-                        root_environment=root_environment, schema=schema)
-        with self._tracked(run):
+                        root_environment=root_environment, schema=schema, budget=budget)
+        with self.tracking(run.budget):
             async with run:
                 await run.drive_async(context)
         assert run.result is not None

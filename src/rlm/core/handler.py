@@ -38,7 +38,7 @@ from rlm.backends.base import LMBackend
 from rlm.bridge import schema as schemas
 from rlm.bridge.protocol import error_body, error_reply
 from rlm.bridge.schema import SchemaError
-from rlm.core.limits import Budget
+from rlm.core.limits import Ledger
 from rlm.core.routing import ModelRouter
 from rlm.errors import BackendError, BridgeProtocolError, Cancelled, LimitExceeded, RLMError
 from rlm.trace.cache import CachedReply, LMCache, RunCache, saved_fields
@@ -101,7 +101,7 @@ class LMHandler:
     def __init__(
         self,
         router: ModelRouter,
-        budget: Budget,
+        budget: Ledger,
         tracer: Tracer,
         *,
         spawn_child: SpawnChild | None = None,

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from rlm.errors import (
     BadResponseError,
@@ -30,7 +30,7 @@ from rlm.types import (
     check_usage,
 )
 
-__all__ = ["MAX_TIMEOUT_S", "Budget", "Limits", "Reservation"]
+__all__ = ["MAX_TIMEOUT_S", "Budget", "Ledger", "Limits", "Reservation", "clamp_estimate"]
 
 
 #: The longest ``max_timeout`` accepted (seconds): longer ones overflow OS timers.
@@ -123,11 +123,46 @@ class Limits:
 
 @dataclass
 class Reservation:
-    """Room held in the ledger for one LM call that has not finished yet."""
+    """Room held in the ledger for one LM call that has not finished yet.
+
+    ``parent``: the room held for the same call in the parent ledger (a batch's budget);
+    ``id``: how a ledger in another process names it (``rlm.distributed.ledger``).
+    """
 
     cost_usd: float
     tokens: int
     done: bool = field(default=False)
+    parent: Reservation | None = None
+    id: int = 0
+
+
+class Ledger(Protocol):
+    """What the engine needs of a call tree's ledger: ``Budget`` in one process, or
+    ``rlm.distributed.ledger.RemoteBudget`` when the tree spans a Ray cluster."""
+
+    limits: Limits
+    cancel_event: threading.Event
+
+    @property
+    def tripped(self) -> LimitExceeded | Cancelled | None: ...
+    @property
+    def stop_reason(self) -> str | None: ...
+    def close(self) -> None: ...
+    def elapsed_s(self) -> float: ...
+    def time_left_s(self) -> float | None: ...
+    def check(self) -> None: ...
+    def trip(self, reason: LimitExceeded | Cancelled) -> None: ...
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+    def cancel(self) -> None: ...
+    def start_iteration(self) -> int: ...
+    def count_error(self) -> None: ...
+    def reserve(self, cost_usd: float | Callable[[], float | None] | None, tokens: int, *,
+                wait: bool = False) -> Reservation: ...
+    def output_allowance(self, key: str) -> int: ...
+    def commit(self, reservation: Reservation, completion: Completion, key: str) -> None: ...
+    def release(self, reservation: Reservation) -> None: ...
+    def usage_snapshot(self) -> dict[str, ModelUsage]: ...
+    def remaining(self, depth: int = 0) -> dict[str, Any]: ...
 
 
 class Budget:
@@ -140,12 +175,18 @@ class Budget:
     else ``output_allowance``: learned from the run's own replies, so that a budget that
     fits N calls makes about N calls.  The first limit reached *trips* the ledger: the
     reason is remembered and ``cancel_event`` is set, so every node stops at its next step.
+
+    ``parent``: a ledger this one also spends from (``RLM.batch(..., batch_budget=)``):
+    each call holds room in both.  A parent that is cancelled stops this tree at once; one
+    that is spent refuses this tree's next call (a block already paid for still runs).
     """
 
     def __init__(
-        self, limits: Limits, *, clock: Callable[[], float] = time.monotonic
+        self, limits: Limits, *, clock: Callable[[], float] = time.monotonic,
+        parent: Ledger | None = None,
     ) -> None:
         self.limits = limits
+        self.parent = parent
         self._clock = clock
         self._lock = threading.Lock()
         #: Notified whenever room is given back (a commit, a release) or the tree stops.
@@ -170,6 +211,14 @@ class Budget:
             self._watchdog = threading.Timer(limits.max_timeout, self._on_deadline)
             self._watchdog.daemon = True
             self._watchdog.start()
+        self._unlink_parent: Callable[[], None] | None = None
+        if parent is not None:
+            self._unlink_parent = parent.on_stop(self._parent_stopped)
+
+    def _parent_stopped(self) -> None:
+        reason = self.parent.tripped if self.parent is not None else None
+        if reason is None or isinstance(reason, Cancelled):
+            self.trip(reason or Cancelled("the batch was stopped"))
 
     def _on_deadline(self) -> None:
         self.trip(TimeLimitExceeded(f"max_timeout of {self.limits.max_timeout}s reached"))
@@ -178,6 +227,9 @@ class Budget:
         """Stop the deadline watchdog (the run is over)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._unlink_parent is not None:
+            self._unlink_parent()
+            self._unlink_parent = None
 
     # -- checks ---------------------------------------------------------------------------
     def elapsed_s(self) -> float:
@@ -272,21 +324,37 @@ class Budget:
         be a function, asked again after each wait (what the run learned may lower it).
         """
         self.check()
-        tokens = int(_estimate(tokens, MAX_TOKENS_PER_CALL))
-        while True:
-            cost = _estimate(cost_usd() if callable(cost_usd) else cost_usd,
-                             MAX_COST_PER_CALL_USD)
-            with self._lock:
-                exc = self._refusal_locked(cost, tokens)
-                held = self._reserved_cost > 0 or self._reserved_tokens > 0
-                if exc is None:
-                    self._reserved_cost += cost
-                    self._reserved_tokens += tokens
-                    self._in_flight += 1
-                    return Reservation(cost, tokens)
-                if not (wait and held) or self.tripped is not None:
-                    break
+        tokens = int(clamp_estimate(tokens, MAX_TOKENS_PER_CALL))
+        held_above = None
+        if self.parent is not None:
+            held_above = self.parent.reserve(cost_usd, tokens, wait=wait)
+        try:
+            while True:
+                cost = clamp_estimate(cost_usd() if callable(cost_usd) else cost_usd,
+                                 MAX_COST_PER_CALL_USD)
+                reservation = self.attempt(cost, tokens, wait=wait)
+                if reservation is not None:
+                    reservation.parent = held_above
+                    return reservation
+        except BaseException:
+            if held_above is not None and self.parent is not None:
+                self.parent.release(held_above)
+            raise
+
+    def attempt(self, cost: float, tokens: int, *, wait: bool = False) -> Reservation | None:
+        """One try of ``reserve`` with checked estimates: the reservation, or ``None`` when
+        the call should try again (``wait``: it waited a moment for room held in flight)."""
+        with self._lock:
+            exc = self._refusal_locked(cost, tokens)
+            held = self._reserved_cost > 0 or self._reserved_tokens > 0
+            if exc is None:
+                self._reserved_cost += cost
+                self._reserved_tokens += tokens
+                self._in_flight += 1
+                return Reservation(cost, tokens)
+            if wait and held and self.tripped is None:
                 self._room.wait(_ROOM_POLL_S)
+                return None
         # Refused while no room is held in flight: no later call can fit either.
         if not held:
             self.trip(exc)
@@ -332,6 +400,8 @@ class Budget:
         except BadResponseError:
             self.release(reservation)
             raise
+        if reservation.parent is not None and self.parent is not None:
+            self.parent.commit(reservation.parent, completion, key)
         with self._lock:
             self._release_locked(reservation)
             self.cost_usd += completion.cost_usd or 0.0
@@ -350,6 +420,8 @@ class Budget:
 
     def release(self, reservation: Reservation) -> None:
         """Give back the room of a call that failed or was never made."""
+        if reservation.parent is not None and self.parent is not None:
+            self.parent.release(reservation.parent)
         with self._lock:
             self._release_locked(reservation)
 
@@ -392,7 +464,7 @@ class Budget:
             }
 
 
-def _estimate(value: Any, cap: float) -> float:
+def clamp_estimate(value: Any, cap: float) -> float:
     """A backend's estimate as a number in ``[0, cap]`` (``None``, NaN or < 0 count as 0)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return 0.0

@@ -30,7 +30,7 @@ from rlm.core import prompts
 from rlm.core.compaction import compact, estimate
 from rlm.core.evidence import Seen, grounding
 from rlm.core.handler import cap_answer
-from rlm.core.limits import Budget
+from rlm.core.limits import Ledger
 from rlm.core.parsing import find_code_blocks, find_final_line, strip_code
 from rlm.core.repeats import BlockMemory, found_nothing, probe_code, question_words
 from rlm.core.strategy import Plan
@@ -157,7 +157,7 @@ class Outcome:
     evidence: tuple[dict[str, Any], ...] = ()
 
 
-def _reason(exc: BaseException, budget: Budget) -> StopReason:
+def _reason(exc: BaseException, budget: Ledger) -> StopReason:
     if isinstance(exc, Cancelled) and budget.tripped is not None:
         return budget.tripped.stop_reason
     return getattr(exc, "stop_reason", "cancelled")
@@ -182,7 +182,7 @@ class Loop:
     (``"errors"``) with an answer extracted from what it saw.
     """
 
-    def __init__(self, node: NodeRef, budget: Budget, messages: list[Message],
+    def __init__(self, node: NodeRef, budget: Ledger, messages: list[Message],
                  config: LoopConfig, tracer: Tracer, prompt_profile: str = "default",
                  answer_check: AnswerCheck | None = None, *, question: str | None = None,
                  window_tokens: int | None = None, opening: Plan | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from rlm.trace.events import TraceEvent
@@ -40,5 +41,14 @@ class Tracer:
                 ts=time.time(),
                 data=redact(data, self.secrets) if self.secrets else data,
             )
+            self.sink.emit(event)
+        return event
+
+    def forward(self, event: TraceEvent) -> TraceEvent:
+        """Pass on an event made by another tracer (a node on another machine), numbered
+        in this tracer's sequence and redacted like its own."""
+        with self._lock:
+            event = replace(event, seq=next(self._seq), data=redact(event.data, self.secrets)
+                            if self.secrets else event.data)
             self.sink.emit(event)
         return event
