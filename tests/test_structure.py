@@ -25,8 +25,18 @@ def test_import_rlm_is_light():
     code = "import sys, json, rlm; print(json.dumps(sorted(sys.modules)))"
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code])))
     for heavy in ("rich", "httpx", "openai", "anthropic", "llama_cpp", "click", "dotenv",
-                  "rlm.backends.openai_compat", "rlm.cli"):
+                  "rlm.backends.openai_compat", "rlm.cli", "ray", "rlm.distributed"):
         assert heavy not in loaded, heavy
+
+
+def test_a_local_rlm_and_its_batch_never_import_ray():
+    code = ("import sys, json\nfrom rlm import RLM\n"
+            "rlm = RLM(backend='scripted', backend_kwargs={'responses': "
+            "lambda m, d: '```repl\\nFINAL(1)\\n```'})\n"
+            "assert [r.response for r in rlm.batch(['a', 'b'])] == ['1', '1']\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code])))
+    assert "ray" not in loaded and "rlm.distributed" not in loaded
 
 
 #: The packages from the bottom up.  A module may import its own package and the tiers

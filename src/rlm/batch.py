@@ -49,6 +49,9 @@ class Executor(Protocol):
     def batch(self, rlm: Any, items: list[tuple[Any, Any]], *, batch_budget: float | None,
               max_in_flight: int, schema: Any, on_result: OnResult | None
               ) -> list[RLMResult]: ...
+
+    def map(self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], *,
+            on_result: Callable[[int, Any], None], max_in_flight: int) -> None: ...
 #: Turns are not what a batch ledger limits: each item has its own ``max_iterations``.
 _UNBOUNDED_TURNS = 10**15
 

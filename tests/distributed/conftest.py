@@ -14,7 +14,7 @@ import ray
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.timeout(240))
+        item.add_marker(pytest.mark.timeout(int(os.environ.get("RLM_RAY_TEST_TIMEOUT", "240"))))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import datetime as dt
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -186,6 +187,50 @@ class _Work:
                 raise
 
 
+def job_rows(backend: Any, backend_kwargs: Mapping[str, Any] | None, config: MethodConfig,
+             job: _Job) -> list[dict[str, Any]]:
+    """Run one job where it lands (a Ray worker) and return its rows."""
+    model, owned = registry.backend_from_spec(backend, backend_kwargs)
+    try:
+        rows: list[dict[str, Any]] = []
+        instance = make_instance(job.task, job.length, job.seed)
+        for method in job.methods:
+            result, error = None, None
+            try:
+                result = run_method(method, instance, model, config)
+            except Exception as exc:  # recorded in the row, as on one machine
+                error = exc
+            rows.append(_row(instance, method, model, result, error))
+        return rows
+    finally:
+        if owned:
+            model.close()
+
+
+def _run_remote(work: _Work, jobs: Sequence[_Job], concurrency: int, backend: Any,
+                backend_kwargs: Mapping[str, Any] | None, executor: str,
+                executor_kwargs: Mapping[str, Any] | None) -> None:
+    """``jobs`` on a cluster; each job's rows are appended as it comes back.  A job lost
+    with its worker records nothing (the next run does it again)."""
+    if isinstance(backend, LMBackend):
+        raise ConfigError(f"executor={executor!r} builds the backend on each worker: pass "
+                          "it by name and options, not as an object")
+    remote = registry.get_executor_class(executor)(dict(executor_kwargs or {}), {})
+
+    def record(index: int, rows: Any) -> None:
+        if isinstance(rows, BaseException):
+            print(f"rlm bench: {jobs[index].task} seed {jobs[index].seed} was lost: "
+                  f"{rows}", file=sys.stderr)
+            return
+        for row in rows:
+            work.results.append(row)
+            work.rows[row_key(row)] = row
+            work.advance(row["method"])
+
+    remote.map(job_rows, [(backend, backend_kwargs, work.config, job) for job in jobs],
+               on_result=record, max_in_flight=concurrency)
+
+
 def _select(rows: Mapping[Key, dict[str, Any]], grid: Iterable[tuple[str, int, int]],
             methods: Sequence[str], model_name: str) -> list[dict[str, Any]]:
     """The rows of this grid (old and new), in the results file's order."""
@@ -208,6 +253,8 @@ def run(
     config: MethodConfig | None = None,
     progress: bool = True,
     retry_errors: bool = False,
+    executor: str = "local",
+    executor_kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every method on ``instances`` seeds of every task at every length.
 
@@ -216,7 +263,10 @@ def run(
     already in ``out_path`` for the same backend model are skipped (with ``retry_errors``,
     rows that failed are run again and the new row is appended).  ``concurrency``
     instances run at once in a thread pool (the local backend still makes one model call
-    at a time).  Returns the rows of this grid, old and new.
+    at a time).  ``executor="ray"`` runs each instance as a Ray task instead (at most
+    ``concurrency`` at once, ``executor_kwargs`` as for ``RLM``: docs/distributed.md);
+    the backend is then built on each worker from its name and options.  Returns the
+    rows of this grid, old and new.
     """
     tasks = _check(tasks, TASKS, "task")
     methods = _check(methods, METHODS, "method")
@@ -233,7 +283,11 @@ def run(
         work = _Work(model, config or MethodConfig(), results, rows,
                      lambda method: bar.advance(bars[method]))
         with bar:
-            work.run_all(jobs, concurrency)
+            if executor == "local":
+                work.run_all(jobs, concurrency)
+            else:
+                _run_remote(work, jobs, concurrency, backend, backend_kwargs, executor,
+                            executor_kwargs)
         return _select(rows, grid, methods, model.model_name)
     finally:
         if owned:

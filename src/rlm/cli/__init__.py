@@ -1,11 +1,12 @@
 """The ``rlm`` command line: the click group, the error -> exit-code mapping and ``main``.
 
-Commands live in ``run.py`` (``rlm run``), ``bench.py``, ``demo.py``, ``listing.py``
-(``rlm backends``, ``rlm envs``), ``trace.py`` (``rlm trace show|view|html``,
-``rlm replay``) and ``models.py`` (``rlm models``); ``backend_flags.py`` turns the backend
-flags they share into backend arguments.  Every ``RLMError`` is caught once, here, and
-printed as one ``Error: ...`` line on stderr with the exception's ``exit_code`` (2 for
-configuration errors, 3 for limits, 1 otherwise).  ``RLM_DEBUG=1`` re-raises unexpected exceptions.
+Commands live in ``run.py`` (``rlm run``), ``batch.py`` (``rlm batch``), ``bench.py``,
+``demo.py``, ``listing.py`` (``rlm backends``, ``rlm envs``), ``trace.py`` (``rlm trace
+show|view|html``, ``rlm replay``) and ``models.py`` (``rlm models``); ``backend_flags.py``
+turns the backend flags they share into backend arguments.  Every ``RLMError`` is caught
+once, here, and printed as one ``Error: ...`` line on stderr with the exception's
+``exit_code`` (2 for configuration errors, 3 for limits, 1 otherwise).  ``RLM_DEBUG=1``
+re-raises unexpected exceptions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 import rlm
+from rlm.cli.batch import batch
 from rlm.cli.bench import bench
 from rlm.cli.demo import demo
 from rlm.cli.listing import backends, envs
@@ -73,7 +75,7 @@ def cli() -> None:
     """Recursive Language Models: answer questions over inputs of any size."""
 
 
-for _command in (run, bench, demo, backends, envs, trace, replay, serve, mcp, models):
+for _command in (run, batch, bench, demo, backends, envs, trace, replay, serve, mcp, models):
     cli.add_command(_command)
 
 

@@ -85,6 +85,11 @@ def _option(text: str) -> tuple[str, Any]:
 @click.option("--cache", type=click.Path(path_type=Path), metavar="PATH",
               help="Serve the RLM methods' repeated sub-calls from this cache (a directory "
                    "or a SQLite file); a second run of a grid reuses the first's.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run instances in threads here, or as tasks on a Ray "
+                                      "cluster (extra 'ray'; -j: how many at once).")
+@click.option("--address", metavar="ADDR",
+              help="The Ray cluster for --executor ray (default: RAY_ADDRESS, or local).")
 @click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="JSON list of replies for the scripted backend (offline runs).")
 def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backend: str | None,
@@ -92,7 +97,7 @@ def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backen
           instances: int, seed: int, out: Path, report_dir: Path | None, concurrency: int,
           window: int | None, max_iterations: int, max_timeout: float | None,
           retry_errors: bool, no_progress: bool, script: Path | None,
-          cache: Path | None) -> None:
+          cache: Path | None, executor: str, address: str | None) -> None:
     """Compare methods on the benchmark tasks at several context lengths.
 
     One JSONL row per (instance, method) is appended to --out as it finishes; run the
@@ -111,7 +116,9 @@ def bench(tasks: tuple[str, ...], lengths: str, methods: tuple[str, ...], backen
                           max_timeout=max_timeout, cache=None if cache is None else str(cache))
     rows = run(_names(tasks, list(TASKS)), parse_lengths(lengths),
                _names(methods, list(METHODS)), name, kwargs, instances, out, concurrency,
-               seed=seed, config=config, progress=not no_progress, retry_errors=retry_errors)
+               seed=seed, config=config, progress=not no_progress, retry_errors=retry_errors,
+               executor=executor,
+               executor_kwargs={"address": address} if executor == "ray" and address else None)
     click.echo(markdown(rows), err=True, nl=False)
     click.echo(f"rlm bench: {len(rows)} results in {out}", err=True)
     if report_dir is not None:

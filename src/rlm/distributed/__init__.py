@@ -11,6 +11,7 @@ one ledger for the whole tree or batch.  See docs/distributed.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlm.distributed.children import RayChildren
@@ -41,3 +42,35 @@ class RayExecutor:
 
         return run_ray_batch(rlm, self.recipe, self.options, items, batch_budget=batch_budget,
                              max_in_flight=max_in_flight, schema=schema, on_result=on_result)
+
+    def map(self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], *,
+            on_result: Callable[[int, Any], None], max_in_flight: int) -> None:
+        """``function(*args)`` for each of ``arguments`` as Ray tasks, at most
+        ``max_in_flight`` at once; ``on_result(index, value)`` as each returns (``value``
+        is the exception when it failed or was lost).  An interrupt cancels the rest."""
+        import ray
+
+        from rlm.distributed.cluster import connect
+        from rlm.distributed.worker import run_call
+
+        connect(self.options)
+        task = run_call.options(**self.options.task_options())
+        function_ref = ray.put(function)
+        queue = list(enumerate(arguments))[::-1]
+        pending: dict[Any, int] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < max_in_flight:
+                    index, args = queue.pop()
+                    pending[task.remote(function_ref, args)] = index
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    index = pending.pop(ref)
+                    try:
+                        value = ray.get(ref)
+                    except Exception as exc:
+                        value = exc
+                    on_result(index, value)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)

@@ -70,9 +70,8 @@ def await_task(ref: Any, ledger: Ledger, owner: str, what: str) -> Any:
     wind down and is then cancelled (killed if it must be).  A worker or node lost on the
     way is a ``RemoteError``, and everything ``owner`` held in the ledger is released.
 
-    It blocks in ``ray.get``, so a task waiting here for its own children lends its CPU
-    to them (Ray's rule for blocked tasks): a tree deeper than the cluster is wide does
-    not deadlock."""
+    It blocks in ``ray.get`` (no polling), and the tree's stop cancels the task from
+    ``on_stop``."""
     timers: list[threading.Timer] = []
 
     def stopped() -> None:
@@ -162,7 +161,13 @@ class RayChildren:
             return run.run_child(node, prompt, context, schema)
         state = self._state(run)
         handle = budget.handle.below(node.run_id)
-        ref = run_child.options(**self.options.task_options()).remote(
+        options = self.options.task_options()
+        if ray.get_runtime_context().get_task_id() is not None:
+            # Spawned by a remote child, which holds its CPU while it waits here (Ray lends
+            # a blocked task's CPU only from its main thread): its children run within
+            # that share, so a tree deeper than the cluster is wide cannot deadlock.
+            options["num_cpus"] = 0
+        ref = run_child.options(**options).remote(
             self._recipe(), handle, state.relay, node, prompt, state.put(context), schema)
         try:
             return str(await_task(ref, budget, handle.owner, f"child RLM {node.run_id}"))

@@ -21,7 +21,7 @@ from rlm.trace.events import TraceEvent
 from rlm.trace.sinks import MemorySink
 from rlm.types import NodeRef
 
-__all__ = ["run_batch_item", "run_child"]
+__all__ = ["run_batch_item", "run_call", "run_child"]
 
 
 @ray.remote
@@ -63,6 +63,12 @@ def run_batch_item(recipe: Recipe, question: str | None, context: Any,
     finally:
         if above is not None:
             above.close()
+
+
+@ray.remote
+def run_call(function: Any, arguments: tuple[Any, ...]) -> Any:
+    """``function(*arguments)`` on a worker (``RayExecutor.map``: a bench job, say)."""
+    return function(*arguments)
 
 
 def events_of(raw: list[dict[str, Any]]) -> list[TraceEvent]:
