@@ -399,7 +399,10 @@ class RLM:
             raise ConfigError("batch() runs independent completions; persistent=True keeps "
                               "one REPL, so use completion() in a loop")
         if batch_budget is not None:
-            Limits(max_budget=batch_budget)  # checked like every limit
+            if isinstance(batch_budget, bool) or not isinstance(batch_budget, int | float) \
+                    or not batch_budget >= 0:
+                raise ConfigError(f"batch_budget must be a number >= 0 (USD), "
+                                  f"got {batch_budget!r}")
             unpriced = self.router.unpriced()
             if unpriced:
                 raise ConfigError(f"batch_budget is set but the price of "

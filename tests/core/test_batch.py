@@ -90,7 +90,8 @@ def test_abatch_is_the_async_twin():
     (("one string",), {}, "list of prompts"),
     ((["a", "b"], ["x"]), {}, "2 prompts and 1 contexts"),
     ((["a"],), {"max_concurrency": 0}, "max_concurrency"),
-    ((["a"],), {"batch_budget": -1}, "max_budget"),
+    ((["a"],), {"batch_budget": -1}, "batch_budget must be a number"),
+    ((["a"],), {"batch_budget": float("nan")}, "batch_budget must be a number"),
     ((["a"],), {"executor": "slurm"}, "unknown executor"),
 ])
 def test_bad_input_is_refused_before_anything_runs(args, kwargs, message):

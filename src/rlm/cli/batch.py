@@ -169,10 +169,13 @@ def _replace(path: Path, lines: list[str]) -> None:
 
 
 class _Results:
-    """Appends one flushed JSON line per finished item and prints its progress line."""
+    """Appends one flushed JSON line per finished item to ``path`` and prints its progress
+    line.  The file is opened at the first result (emptied first with ``restart``), so a
+    batch refused before anything ran leaves it as it was."""
 
-    def __init__(self, stream: TextIO, items: list[Item]) -> None:
-        self._stream, self._items = stream, items
+    def __init__(self, path: Path, items: list[Item], *, restart: bool) -> None:
+        self._path, self._items, self._mode = path, items, "w" if restart else "a"
+        self._stream: TextIO | None = None
         self._lock = threading.Lock()
         self.results: dict[int, RLMResult] = {}
 
@@ -180,6 +183,8 @@ class _Results:
         item = self._items[index]
         row = {"id": item.id, **result.to_dict()}
         with self._lock:
+            if self._stream is None:
+                self._stream = self._path.open(self._mode, encoding="utf-8")
             self._stream.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
             self._stream.flush()
             self.results[index] = result
@@ -188,6 +193,11 @@ class _Results:
         click.echo(f"rlm batch: [{count}/{len(self._items)}] id={item.id} "
                    f"{result.stop_reason} · ${result.cost_usd:.4f} · "
                    f"{result.elapsed_s:.1f}s{detail}", err=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -229,8 +239,6 @@ def _build(options: RunOptions, trace: Path | None, executor: str, address: str 
     backend = options.backend_name
     kwargs = backend_kwargs(backend, model=options.model, base_url=options.base_url,
                             script=options.script)
-    if address is not None and executor == "local":
-        raise ConfigError("--address is for --executor ray")
     return RLM(backend, kwargs, environment=options.env or "local",
                max_depth=options.max_depth, max_iterations=options.max_iterations,
                max_budget=options.max_budget, max_timeout=options.max_timeout,
@@ -241,8 +249,7 @@ def _build(options: RunOptions, trace: Path | None, executor: str, address: str 
 
 
 def _trace_dir(trace: Path | None, no_trace: bool) -> Path | None:
-    if trace is not None and no_trace:
-        raise ConfigError("give --trace DIR or --no-trace, not both")
+    """``--trace DIR``, else the user folder's ``traces/``; ``None`` with ``--no-trace``."""
     if no_trace:
         return None
     folder = trace if trace is not None else user_dir() / "traces"
@@ -264,7 +271,7 @@ def _trace_dir(trace: Path | None, no_trace: bool) -> Path | None:
               help="The Ray cluster (auto, host:6379, ray://head:10001); with --executor ray.")
 @click.option("-j", "--concurrency", type=click.IntRange(min=1), metavar="N",
               help="Items run at once (default: 4 on threads, all with Ray).")
-@click.option("--batch-budget", type=float, metavar="USD",
+@click.option("--batch-budget", type=click.FloatRange(min=0), metavar="USD",
               help="Spending limit in USD for the whole batch (on top of --max-budget).")
 @click.option("-b", "--backend", metavar="NAME", help="Backend name (see `rlm backends`).")
 @click.option("-m", "--model", metavar="NAME", help="Model name for the backend.")
@@ -306,6 +313,10 @@ def batch(input_path: Path, output: Path, restart: bool, executor: str, address:
     """
     if output.resolve() == input_path.resolve():
         raise ConfigError("-o must not be the input file")
+    if address is not None and executor == "local":
+        raise ConfigError("--address is for --executor ray")
+    if trace is not None and no_trace:
+        raise ConfigError("give --trace DIR or --no-trace, not both")
     run_options = RunOptions(**options)
     schema = _schema(run_options.schema)
     items = read_items(input_path)
@@ -316,32 +327,50 @@ def batch(input_path: Path, output: Path, restart: bool, executor: str, address:
     if skipped:
         click.echo(f"rlm batch: skipping {skipped} item{'' if skipped == 1 else 's'} already "
                    f"done in {output} (--restart to run them again)", err=True)
-    started = time.monotonic()
-    results: list[RLMResult] = []
-    if todo:
-        with _build(run_options, _trace_dir(trace, no_trace), executor, address) as model:
-            _announce(model, run_options)
-            click.echo(f"rlm batch: {len(todo)} item{'' if len(todo) == 1 else 's'} on "
-                       f"executor={executor}, results in {output}", err=True)
-            with output.open("w" if restart else "a", encoding="utf-8") as stream, \
-                    _cancel_on_sigint(model):
-                writer = _Results(stream, todo)
-                try:
-                    model.batch([item.question for item in todo],
-                                [item.context for item in todo], batch_budget=batch_budget,
-                                max_concurrency=concurrency, schema=schema,
-                                on_result=writer)
-                finally:
-                    results = [writer.results[i] for i in sorted(writer.results)]
-                    click.echo(_summary(results, len(todo), skipped,
-                                        time.monotonic() - started), err=True)
-    else:
-        if restart:
-            output.write_text("", encoding="utf-8")
-        click.echo(_summary(results, 0, skipped, 0.0), err=True)
+    if restart and not todo:
+        output.write_text("", encoding="utf-8")
+    results = _run(todo, run_options, schema, output, restart=restart, skipped=skipped,
+                   trace=_trace_dir(trace, no_trace) if todo else None, executor=executor,
+                   address=address, concurrency=concurrency, batch_budget=batch_budget)
     code = _exit_code(results)
     if code == EXIT_FAILED:
         click.echo("rlm batch: run the same command again to retry the failed items",
                    err=True)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _run(todo: list[Item], options: RunOptions, schema: dict[str, Any] | None, output: Path,
+         *, restart: bool, skipped: int, trace: Path | None, executor: str,
+         address: str | None, concurrency: int | None, batch_budget: float | None
+         ) -> list[RLMResult]:
+    """Run ``todo``, writing each result to ``output``; the results, in input order, of the
+    items that finished.  The summary goes to stderr (also when interrupted)."""
+    started = time.monotonic()
+    if not todo:
+        click.echo(_summary([], 0, skipped, 0.0), err=True)
+        return []
+    writer = _Results(output, todo, restart=restart)
+    with _build(options, trace, executor, address) as model:
+        _announce(model, options)
+        click.echo(f"rlm batch: {len(todo)} item{'' if len(todo) == 1 else 's'} on "
+                   f"executor={executor}, results in {output}", err=True)
+        try:
+            with _cancel_on_sigint(model):
+                model.batch([item.question for item in todo],
+                            [item.context for item in todo], batch_budget=batch_budget,
+                            max_concurrency=concurrency, schema=schema, on_result=writer)
+        except BaseException:
+            if writer.results:  # a batch refused before it ran gets no summary
+                click.echo(_summary(_ordered(writer), len(todo), skipped,
+                                    time.monotonic() - started), err=True)
+            raise
+        finally:
+            writer.close()
+    results = _ordered(writer)
+    click.echo(_summary(results, len(todo), skipped, time.monotonic() - started), err=True)
+    return results
+
+
+def _ordered(writer: _Results) -> list[RLMResult]:
+    return [writer.results[i] for i in sorted(writer.results)]
