@@ -3,7 +3,9 @@
 #   start: a head node and a second worker node on 127.0.0.1, a few CPUs each, no
 #          dashboard; the worker node also has the custom resource "rlm_model" (the
 #          tests pin work to it).  Prints the address (also written to $STATE).
-#   stop:  stops the nodes that `start` started.
+# There is no stop: `ray stop` ends every Ray process of the machine, other clusters'
+# too.  Run it in a private network namespace (scripts/test-distributed.sh), which ends
+# every process of that namespace when it is done.
 # Uses $RAY (default .venv/bin/ray).  Exits non-zero with one line on stderr on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,14 +41,7 @@ start() {
   fail "the worker node did not join the head at $address"
 }
 
-stop() {
-  [ -f "$STATE" ] || return 0
-  rm -f "$STATE"
-  "$RAY" stop --force >/dev/null 2>&1 || true
-}
-
 case "${1:-}" in
   start) start ;;
-  stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start" >&2; exit 2 ;;
 esac

@@ -162,7 +162,7 @@ class RayChildren:
         state = self._state(run)
         handle = budget.handle.below(node.run_id)
         options = self.options.task_options()
-        if ray.get_runtime_context().get_task_id() is not None:
+        if state.drain is None:  # this run is a remote child (adopted on its worker)
             # Spawned by a remote child, which holds its CPU while it waits here (Ray lends
             # a blocked task's CPU only from its main thread): its children run within
             # that share, so a tree deeper than the cluster is wide cannot deadlock.
