@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from rlm.core.engine import ChildRunner, Engine
 from rlm.core.limits import Budget, Ledger, Limits
-from rlm.errors import ConfigError, RLMError
+from rlm.errors import ConfigError
 from rlm.result import RLMResult
 from rlm.trace.tree import TraceNode
 
@@ -99,7 +99,7 @@ def run_batch(rlm: Completer, items: list[tuple[Any, Any]], *, batch_budget: flo
         try:
             return rlm.complete_within(prompt, context, schema=schema,
                                        budget=Budget(rlm.limits, parent=ledger))
-        except (RLMError, Exception) as exc:
+        except Exception as exc:  # an RLMError (with its partial result) or any other
             return failed_result(exc, started)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(items) or 1)),

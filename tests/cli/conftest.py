@@ -29,3 +29,12 @@ def script(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def traces_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Default traces go under a private RLM_USER_PATH."""
+    home = tmp_path / "user"
+    monkeypatch.setenv("RLM_USER_PATH", str(home))
+    monkeypatch.delenv("RLM_DEBUG", raising=False)
+    return home

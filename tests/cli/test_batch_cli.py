@@ -18,13 +18,8 @@ batch_module = importlib.import_module("rlm.cli.batch")  # ``rlm.cli.batch`` is 
 ECHO = repl("FINAL(str(context))")
 
 
-@pytest.fixture(autouse=True)
-def traces_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Default traces go under a private RLM_USER_PATH."""
-    home = tmp_path / "user"
-    monkeypatch.setenv("RLM_USER_PATH", str(home))
-    monkeypatch.delenv("RLM_DEBUG", raising=False)
-    return home
+#: Default traces go under a private RLM_USER_PATH (tests/cli/conftest.py).
+pytestmark = pytest.mark.usefixtures("traces_home")
 
 
 def write_input(path: Path, *rows: dict[str, Any] | str) -> Path:

@@ -18,14 +18,8 @@ from rlm.config import DEFAULT_BACKEND
 from tests.conftest import repl
 from tests.fakes.openai_server import FakeOpenAIServer
 
-
-@pytest.fixture(autouse=True)
-def traces_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Default traces go under a private RLM_USER_PATH."""
-    home = tmp_path / "user"
-    monkeypatch.setenv("RLM_USER_PATH", str(home))
-    monkeypatch.delenv("RLM_DEBUG", raising=False)
-    return home
+#: Default traces go under a private RLM_USER_PATH (tests/cli/conftest.py).
+pytestmark = pytest.mark.usefixtures("traces_home")
 
 
 def one_error_line(stderr: str) -> str:

@@ -16,7 +16,7 @@ import ray
 
 from rlm.batch import OnResult, batch_ledger_limits, failed_result
 from rlm.bridge import schema as schemas
-from rlm.distributed.children import GRACE_S, PUT_MIN_BYTES, await_task
+from rlm.distributed.children import GRACE_S, SharedContexts, await_task
 from rlm.distributed.cluster import RayOptions, Recipe, connect
 from rlm.distributed.ledger import RemoteBudget
 from rlm.errors import Cancelled
@@ -40,15 +40,7 @@ def run_ray_batch(rlm: RLM, recipe: Recipe, options: RayOptions,
     ledger = RemoteBudget.create(batch_ledger_limits(batch_budget))
     results: list[RLMResult | None] = [None] * len(items)
     recipe_ref = ray.put(recipe)
-    shared: dict[int, tuple[Any, Any]] = {}  # one object-store copy per distinct context
-
-    def put(context: Any) -> Any:
-        if not isinstance(context, str | bytes) or len(context) < PUT_MIN_BYTES:
-            return context
-        held = shared.get(id(context))
-        if held is None or held[0] is not context:
-            held = shared[id(context)] = (context, ray.put(context))
-        return held[1]
+    contexts = SharedContexts()  # one object-store copy per distinct context
 
     pending: dict[Any, tuple[int, float]] = {}
     queue = list(enumerate(items))
@@ -61,7 +53,7 @@ def run_ray_batch(rlm: RLM, recipe: Recipe, options: RayOptions,
                     index, (prompt, context) = queue.pop()
                     question, data = rlm.split(prompt, context)
                     handle = ledger.handle.below(f"item-{index}")
-                    ref = task.remote(recipe_ref, question, put(data), handle, json_schema)
+                    ref = task.remote(recipe_ref, question, contexts.put(data), handle, json_schema)
                     pending[ref] = (index, time.monotonic())
                 if ledger.cancel_event.is_set():
                     _stop(pending, ledger, results)

@@ -26,7 +26,7 @@ from rlm.types import NodeRef
 if TYPE_CHECKING:
     from rlm.core.engine import Run
 
-__all__ = ["RayChildren", "await_task"]
+__all__ = ["RayChildren", "SharedContexts", "await_task"]
 
 #: Contexts at least this long go to the object store (smaller ones travel inline).
 PUT_MIN_BYTES = 64 * 1024
@@ -38,11 +38,11 @@ _LOST = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
          ray.exceptions.RaySystemError, ray.exceptions.OutOfMemoryError)
 
 
-class _RunState:
-    """Per run: its relay (and, on the driver, the drain) and the contexts put so far."""
+class SharedContexts:
+    """Contexts put in the object store, once per distinct object (the same object given
+    to several children or batch items is put once); small ones travel inline."""
 
-    def __init__(self, relay: Any, drain: RelayDrain | None) -> None:
-        self.relay, self.drain = relay, drain
+    def __init__(self) -> None:
         self._puts: dict[int, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
@@ -54,6 +54,14 @@ class _RunState:
             if held is None or held[0] is not context:
                 held = self._puts[id(context)] = (context, ray.put(context))
             return held[1]
+
+
+class _RunState(SharedContexts):
+    """Per run: its relay (and, on the driver, the drain) and the contexts put so far."""
+
+    def __init__(self, relay: Any, drain: RelayDrain | None) -> None:
+        super().__init__()
+        self.relay, self.drain = relay, drain
 
 
 def _size(value: Any) -> int:

@@ -69,10 +69,7 @@ class LedgerActor:
 
     def call(self, method: str, *args: Any) -> tuple[Any, Packed]:
         """One of ``Budget``'s methods that needs no reservation; ``("error", e)`` if it raised."""
-        try:
-            return self._reply(("ok", getattr(self.budget, method)(*args)))
-        except errors.RLMError as exc:
-            return self._reply(("error", _pack(exc)))
+        return self._reply(self._ok(getattr(self.budget, method), *args))
 
     def reserve(self, cost: Any, tokens: Any, wait: bool, owner: str) -> tuple[Any, Packed]:
         """``("ok", id)``, ``("wait", None)`` (ask again), or ``("error", e)``."""

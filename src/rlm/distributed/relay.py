@@ -50,12 +50,11 @@ class RelaySink(TraceSink):
     def __init__(self, relay: Any) -> None:
         self._relay = relay
         self._where = where()
-        self._last: Any = None
 
     def emit(self, event: TraceEvent) -> None:
         raw = event.to_dict()
         raw["data"] = {**raw["data"], "where": self._where}
-        self._last = self._relay.put.remote([raw])
+        self._relay.put.remote([raw])
 
     def flush(self) -> None:
         """Wait until every event sent so far has reached the relay."""

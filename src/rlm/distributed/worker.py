@@ -17,7 +17,6 @@ from rlm.distributed.cluster import Recipe, rlm_for
 from rlm.distributed.ledger import LedgerHandle, RemoteBudget
 from rlm.distributed.relay import RelaySink, where
 from rlm.result import RLMResult
-from rlm.trace.events import TraceEvent
 from rlm.trace.sinks import MemorySink
 from rlm.types import NodeRef
 
@@ -69,7 +68,3 @@ def run_batch_item(recipe: Recipe, question: str | None, context: Any,
 def run_call(function: Any, arguments: tuple[Any, ...]) -> Any:
     """``function(*arguments)`` on a worker (``RayExecutor.map``: a bench job, say)."""
     return function(*arguments)
-
-
-def events_of(raw: list[dict[str, Any]]) -> list[TraceEvent]:
-    return [TraceEvent.from_dict(e) for e in raw]
