@@ -1,18 +1,59 @@
 """The backend flags of ``rlm run``, ``rlm bench`` and ``rlm demo`` as backend keyword
 arguments: ``-m``, ``--base-url``, ``--script FILE``, and the bar drawn on stderr while the
-embedded model is assembled (the library itself prints nothing)."""
+embedded model is assembled (the library itself prints nothing); the model, environment
+and limit options that ``rlm run``, ``rlm batch`` and ``rlm serve`` share
+(``model_and_limit_options``)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import click
+
 from rlm.errors import ConfigError
 
-__all__ = ["AssemblyBar", "assembly_progress", "backend_kwargs", "read_script"]
+__all__ = ["AssemblyBar", "assembly_progress", "backend_kwargs", "model_and_limit_options",
+           "read_script"]
+
+#: The shared options (flag, its settings, the default help); ``help`` overrides a help.
+_SHARED: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
+    (("-b", "--backend"), {"metavar": "NAME"}, "Backend name (see `rlm backends`)."),
+    (("-m", "--model"), {"metavar": "NAME"}, "Model name for the backend."),
+    (("--base-url",), {"metavar": "URL"}, "API base URL (OpenAI-compatible servers)."),
+    (("-e", "--env"), {"metavar": "NAME"}, "Environment name (see `rlm envs`)."),
+    (("--max-depth",), {"type": int, "metavar": "N"},
+     "Depth limit; child RLMs run while depth < N (default 1: none)."),
+    (("--max-iterations",), {"type": int, "metavar": "N"}, "REPL turns."),
+    (("--max-budget",), {"type": float, "metavar": "USD"}, "Spending limit in USD."),
+    (("--max-timeout",), {"type": float, "metavar": "S"}, "Time limit in seconds."),
+    (("--max-tokens",), {"type": int, "metavar": "N"}, "Input + output token limit."),
+    (("--max-errors",), {"type": int, "metavar": "N"}, "Failed code blocks allowed."),
+    (("--sub-backend",), {"metavar": "NAME"},
+     "Backend for sub-calls (default: the root backend)."),
+    (("--sub-model",), {"metavar": "NAME"}, "Model for sub-calls."),
+]
+
+
+def model_and_limit_options(**help: str) -> Callable[[Any], Any]:
+    """A decorator adding the backend, model, environment, limit and sub-model options, in
+    that order; ``help`` rewords some, by parameter name (``max_budget="USD a request."``)."""
+    options = []
+    for flags, settings, default in _SHARED:
+        name = flags[-1].lstrip("-").replace("-", "_")
+        options.append(click.option(*flags, **settings, help=help.pop(name, default)))
+    if help:
+        raise TypeError(f"no shared option named {sorted(help)}")
+
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 def read_script(path: Path) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import click
 
 from rlm.api import RLM
-from rlm.cli.backend_flags import backend_kwargs
+from rlm.cli.backend_flags import backend_kwargs, model_and_limit_options
 from rlm.cli.run import RunOptions, _announce, _cancel_on_sigint, _schema, _sub_backend
 from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded
@@ -273,20 +273,10 @@ def _trace_dir(trace: Path | None, no_trace: bool) -> Path | None:
               help="Items run at once (default: 4 on threads, all with Ray).")
 @click.option("--batch-budget", type=click.FloatRange(min=0), metavar="USD",
               help="Spending limit in USD for the whole batch (on top of --max-budget).")
-@click.option("-b", "--backend", metavar="NAME", help="Backend name (see `rlm backends`).")
-@click.option("-m", "--model", metavar="NAME", help="Model name for the backend.")
-@click.option("--base-url", metavar="URL", help="API base URL (OpenAI-compatible servers).")
-@click.option("-e", "--env", metavar="NAME", help="Environment name (see `rlm envs`).")
-@click.option("--max-depth", type=int, metavar="N",
-              help="Depth limit; child RLMs run while depth < N (default 1: none).")
-@click.option("--max-iterations", type=int, metavar="N", help="REPL turns per item.")
-@click.option("--max-budget", type=float, metavar="USD", help="Spending limit per item.")
-@click.option("--max-timeout", type=float, metavar="S", help="Time limit per item.")
-@click.option("--max-tokens", type=int, metavar="N", help="Token limit per item.")
-@click.option("--max-errors", type=int, metavar="N", help="Failed code blocks per item.")
-@click.option("--sub-backend", metavar="NAME",
-              help="Backend for sub-calls (default: the root backend).")
-@click.option("--sub-model", metavar="NAME", help="Model for sub-calls.")
+@model_and_limit_options(
+    max_iterations="REPL turns per item.", max_budget="Spending limit per item.",
+    max_timeout="Time limit per item.", max_tokens="Token limit per item.",
+    max_errors="Failed code blocks per item.")
 @click.option("--trace", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="One JSONL trace per item in this folder (default: the user folder's "
                    "traces/).")

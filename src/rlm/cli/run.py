@@ -22,7 +22,7 @@ import click
 from rlm import config
 from rlm.api import RLM
 from rlm.bridge.schema import to_json_schema
-from rlm.cli.backend_flags import assembly_progress, backend_kwargs
+from rlm.cli.backend_flags import assembly_progress, backend_kwargs, model_and_limit_options
 from rlm.config import user_dir
 from rlm.errors import Cancelled, ConfigError, LimitExceeded, RLMError
 from rlm.result import RLMResult
@@ -184,20 +184,7 @@ def _exit_code(stop_reason: str) -> int:
 @click.option("--context", "context", metavar="PATH|-",
               help="The input: a file, a folder, or - for stdin. Without it, QUESTION is "
                    "the input.")
-@click.option("-b", "--backend", metavar="NAME", help="Backend name (see `rlm backends`).")
-@click.option("-m", "--model", metavar="NAME", help="Model name for the backend.")
-@click.option("--base-url", metavar="URL", help="API base URL (OpenAI-compatible servers).")
-@click.option("-e", "--env", metavar="NAME", help="Environment name (see `rlm envs`).")
-@click.option("--max-depth", type=int, metavar="N",
-              help="Depth limit; child RLMs run while depth < N (default 1: none).")
-@click.option("--max-iterations", type=int, metavar="N", help="REPL turns for the whole tree.")
-@click.option("--max-budget", type=float, metavar="USD", help="Spending limit in USD.")
-@click.option("--max-timeout", type=float, metavar="S", help="Time limit in seconds.")
-@click.option("--max-tokens", type=int, metavar="N", help="Input + output token limit.")
-@click.option("--max-errors", type=int, metavar="N", help="Failed code blocks allowed.")
-@click.option("--sub-backend", metavar="NAME",
-              help="Backend for sub-calls (default: the root backend).")
-@click.option("--sub-model", metavar="NAME", help="Model for sub-calls.")
+@model_and_limit_options(max_iterations="REPL turns for the whole tree.")
 @click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
               metavar="PATH", help="Append the trace to this JSONL file.")
 @click.option("--no-trace", is_flag=True, help="Write no trace file.")

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from rlm import config
-from rlm.cli.backend_flags import assembly_progress, backend_kwargs
+from rlm.cli.backend_flags import assembly_progress, backend_kwargs, model_and_limit_options
 from rlm.config import user_dir
 from rlm.errors import ConfigError, MissingDependencyError
 
@@ -25,18 +25,6 @@ __all__ = ["build_service", "model_options", "serve", "server_options"]
 _LIMITS = ("max_depth", "max_iterations", "max_budget", "max_timeout", "max_tokens",
            "max_errors")
 _MODEL_OPTIONS = [
-    click.option("-b", "--backend", metavar="NAME", help="Backend name (see `rlm backends`)."),
-    click.option("-m", "--model", metavar="NAME", help="Model name for the backend."),
-    click.option("--base-url", metavar="URL", help="API base URL (OpenAI-compatible servers)."),
-    click.option("-e", "--env", metavar="NAME", help="Environment name (see `rlm envs`)."),
-    click.option("--max-depth", type=int, metavar="N", help="Depth limit (default 1)."),
-    click.option("--max-iterations", type=int, metavar="N", help="REPL turns per request."),
-    click.option("--max-budget", type=float, metavar="USD", help="USD per request."),
-    click.option("--max-timeout", type=float, metavar="S", help="Seconds per request."),
-    click.option("--max-tokens", type=int, metavar="N", help="Tokens per request."),
-    click.option("--max-errors", type=int, metavar="N", help="Failed code blocks per request."),
-    click.option("--sub-backend", metavar="NAME", help="Backend for sub-calls."),
-    click.option("--sub-model", metavar="NAME", help="Model for sub-calls."),
     click.option("--script", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                  help="JSON list of replies for the scripted backend (replayed per request)."),
     click.option("--name", "profile_name", default="rlm", show_default=True, metavar="ID",
@@ -68,7 +56,16 @@ def _apply(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 
 
 #: The model options of ``rlm run``, as a decorator.
-model_options = _apply(_MODEL_OPTIONS)
+_SHARED_OPTIONS = model_and_limit_options(
+    max_depth="Depth limit (default 1).", max_iterations="REPL turns per request.",
+    max_budget="USD per request.", max_timeout="Seconds per request.",
+    max_tokens="Tokens per request.", max_errors="Failed code blocks per request.",
+    sub_backend="Backend for sub-calls.")
+
+
+def model_options(function: Any) -> Any:
+    """The model, environment and limit options of a profile, then --script and --name."""
+    return _SHARED_OPTIONS(_apply(_MODEL_OPTIONS)(function))
 #: Profiles, traces, data directory, concurrency and the daily cap, as a decorator.
 server_options = _apply(_SERVER_OPTIONS)
 
